@@ -91,7 +91,7 @@ def select(op: str, device_type: str, implemented: tuple[str, ...]) -> str:
                     f"{ENV_VAR}=cpp for op '{op}': the C++ extension agent_lightning._C is not built "
                     "(reinstall with a compiler and without ALIGHTNING_BUILD_EXT=0)"
                 )
-            if device_type != "cpu" and not hasattr(cpp_extension(), "cuda_enabled"):
+            if device_type != "cpu" and not getattr(cpp_extension(), "cuda_enabled", False):
                 raise OpsUnavailableError(f"{ENV_VAR}=cpp for op '{op}': the extension was built without CUDA")
         return forced
     if device_type == "cuda" and "triton" in implemented and triton_usable("cuda")[0]:

@@ -1,0 +1,397 @@
+"""The default policy backend: any ``AutoModelForCausalLM`` through ``transformers``.
+
+Loads from a built-in tiny preset, a Hub id or local directory (``from_pretrained``), or
+a ``.gguf`` file (dequantised by transformers); optional LoRA through peft. Samples in
+batches with a KV cache and a seeded generator, and computes training log-probs from the
+final hidden states through ``agent_lightning.ops.token_logprobs`` (the fused path: the
+``[tokens, vocab]`` logits are never materialised).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from agent_lightning.backends.chat_tokens import ChatTokens
+from agent_lightning.config import BackendConfig, ModelConfig
+from agent_lightning.hookspecs import hookimpl
+from agent_lightning.types import Generation, Message
+
+ADAPTER_FILE = "adapter.safetensors"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("backend.device: 'cuda' was asked for but torch sees no CUDA device")
+    return name
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
+
+
+def load_model_and_tokenizer(model_cfg: ModelConfig, seed: int) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from the model section of the config (no LoRA yet)."""
+    import transformers
+
+    chosen = [k for k in ("preset", "name_or_path", "gguf_file") if getattr(model_cfg, k)]
+    if model_cfg.preset:
+        if model_cfg.name_or_path or model_cfg.gguf_file:
+            raise ValueError("model: give either 'preset' or 'name_or_path'/'gguf_file', not both")
+        from agent_lightning.backends.tiny import build_preset
+
+        return build_preset(model_cfg.preset, model_cfg.preset_options, seed)
+    if not chosen:
+        raise ValueError("model: one of 'preset', 'name_or_path' or 'gguf_file' is required")
+    kwargs: dict[str, Any] = {"trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.revision:
+        kwargs["revision"] = model_cfg.revision
+    source = model_cfg.name_or_path
+    if model_cfg.gguf_file:
+        gguf = Path(model_cfg.gguf_file)
+        if source is None:
+            source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
+        else:
+            kwargs["gguf_file"] = model_cfg.gguf_file
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+    dtype = _dtype(model_cfg.dtype)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    return model, tokenizer
+
+
+def _attach_lora(model: Any, lora: Any) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+class TransformersBackend:
+    """Policy backend over a Hugging Face causal LM.
+
+    Args:
+        model_config: The ``model`` section.
+        backend_config: The ``backend`` section.
+        seed: Seeds model creation (tiny presets) and the sampling generator.
+    """
+
+    description = "Hugging Face causal LMs (presets, Hub ids, local dirs, GGUF), LoRA via peft"
+
+    def __init__(self, model_config: ModelConfig, backend_config: BackendConfig, *, seed: int = 0):
+        import torch
+
+        if backend_config.options:
+            raise ValueError(f"backend.options: the transformers backend takes none (got {sorted(backend_config.options)})")
+        self.device = torch.device(_resolve_device(backend_config.device))
+        model, tokenizer = load_model_and_tokenizer(model_config, seed)
+        if model_config.preset and model_config.dtype != "float32":
+            model = model.to(_dtype(model_config.dtype))
+        self.is_lora = model_config.lora is not None
+        if self.is_lora:
+            model = _attach_lora(model, model_config.lora)
+        self.model = model.to(self.device)
+        self.tokenizer = tokenizer
+        self.chat = ChatTokens(tokenizer)
+        self.stop_ids = self.chat.stop_token_ids()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self._reference: Any = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
+        self.version = 0
+
+    # ------------------------------------------------------------------ tokens
+
+    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+        return self.chat.prompt(messages)
+
+    def encode_observation(self, messages: Sequence[Message], *, after_stop: bool) -> list[int]:
+        return self.chat.observation(messages, after_stop=after_stop)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+
+    # ------------------------------------------------------------------ sampling
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        temperature: float,
+        top_p: float = 1.0,
+        max_new_tokens: int,
+        generator: Any = None,
+    ) -> list[Generation]:
+        """Sample one continuation per prompt (left-padded batch, KV cache).
+
+        ``temperature == 0`` is greedy. ``generator`` (a CPU ``torch.Generator``) defaults to
+        the backend's own, whose state is checkpointed. Log-probs are under the temperature-scaled full
+        distribution (before top-p truncation), which is what training recomputes.
+        """
+        import torch
+
+        if not prompts:
+            return []
+        model = self.model
+        was_training = model.training
+        model.eval()
+        batch, width = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        stop = torch.tensor(self.stop_ids, device=self.device)
+        out_ids = torch.zeros((batch, max_new_tokens), dtype=torch.long)
+        out_lp = torch.zeros((batch, max_new_tokens), dtype=torch.float32)
+        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)
+        cache = None
+        step_ids, step_pos = ids, positions
+        try:
+            with torch.no_grad():
+                for t in range(max_new_tokens):
+                    kwargs = {self._cache_kw: cache} if cache is not None else {}
+                    out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                                use_cache=True, logits_to_keep=1, **kwargs)
+                    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                    logits = out.logits[:, -1, :].float()
+                    token, logprob = self._sample(logits, temperature, top_p, generator or self.generator)
+                    token = torch.where(finished, torch.full_like(token, self.pad_id), token)
+                    out_ids[:, t] = token.cpu()
+                    out_lp[:, t] = logprob.cpu()
+                    just_stopped = ~finished & torch.isin(token, stop)
+                    lengths[just_stopped.cpu()] = t + 1
+                    finished |= just_stopped
+                    if bool(finished.all()):
+                        break
+                    step_ids = token[:, None]
+                    step_pos = step_pos[:, -1:] + 1
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        finally:
+            model.train(was_training)
+        results = []
+        finished_cpu = finished.cpu()
+        for row in range(batch):
+            n = int(lengths[row])
+            results.append(Generation(
+                token_ids=tuple(int(x) for x in out_ids[row, :n]),
+                logprobs=tuple(float(x) for x in out_lp[row, :n]),
+                finish_reason="stop" if bool(finished_cpu[row]) else "length",
+            ))
+        return results
+
+    def _sample(self, logits: Any, temperature: float, top_p: float, generator: Any) -> tuple[Any, Any]:
+        import torch
+
+        if temperature == 0:
+            token = logits.argmax(-1)
+            return token, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
+        logprobs = torch.log_softmax(logits / temperature, -1)
+        probs = logprobs.exp()
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < top_p
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
+        return token, logprobs.gather(-1, token[:, None])[:, 0]
+
+    # ------------------------------------------------------------------ training forward
+
+    def token_logprobs(self, batch: Any, *, temperature: float, with_entropy: bool = False,
+                       reference: bool = False) -> tuple[Any, Any]:
+        """Log-probs (and entropy) of the policy tokens of a packed batch.
+
+        Args:
+            batch: ``agent_lightning.batch.PackedBatch``.
+            temperature: The sampling temperature (logits are divided by it).
+            with_entropy: Also return the per-token entropy.
+            reference: Use the frozen reference policy (no gradient).
+
+        Returns:
+            ``(logprobs [N], entropy [N] | None)`` float32 over the batch's policy tokens in
+            stream order, ``N = batch.policy_index.numel()``.
+        """
+        import contextlib
+
+        import torch
+
+        from agent_lightning import modeling, ops
+
+        model = self.reference_model() if reference else self.model
+        context = torch.no_grad() if reference else contextlib.nullcontext()
+        if reference and self.is_lora:
+            context_adapter = self.model.disable_adapter()
+        else:
+            context_adapter = contextlib.nullcontext()
+        with context, context_adapter:
+            hidden = modeling.final_hidden_states(
+                model, batch.input_ids.to(self.device), batch.position_ids.to(self.device),
+                batch.cu_seqlens.to(self.device),
+            )
+            weight, bias = modeling.lm_head(model)
+            index = batch.policy_index.to(self.device)
+            targets = batch.input_ids.to(self.device)[index]
+            out = ops.token_logprobs(hidden[index - 1], weight, targets, bias=bias,
+                                     temperature=temperature, return_entropy=with_entropy)
+        if with_entropy:
+            return out.logprobs, out.entropy
+        return out, None
+
+    def reference_model(self) -> Any:
+        """The frozen reference: the base model with adapters off (LoRA), else a frozen copy."""
+        if self.is_lora:
+            return self.model
+        if self._reference is None:
+            import copy
+
+            self._reference = copy.deepcopy(self.model).eval()
+            for p in self._reference.parameters():
+                p.requires_grad_(False)
+        return self._reference
+
+    # ------------------------------------------------------------------ optimisation
+
+    def trainable_parameters(self) -> list[Any]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def configure_optimizer(self, *, lr: float, weight_decay: float, betas: tuple[float, float],
+                            warmup_steps: int, total_steps: int, schedule: str) -> None:
+        """AdamW over the trainable parameters with a warmup + ``constant|linear|cosine`` schedule."""
+        import torch
+
+        self.optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=lr, weight_decay=weight_decay,
+                                           betas=betas, foreach=False)
+
+        def factor(step: int) -> float:
+            if warmup_steps and step < warmup_steps:
+                return (step + 1) / warmup_steps
+            if schedule == "constant" or total_steps <= warmup_steps:
+                return 1.0
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            return 1.0 - progress if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    def optimizer_step(self, max_grad_norm: float) -> dict[str, float]:
+        """Clip, step, schedule, zero; returns ``grad_norm`` and ``lr``."""
+        import torch
+
+        params = self.trainable_parameters()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
+        lr = self.optimizer.param_groups[0]["lr"]
+        if torch.isfinite(norm):
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.version += 1
+        return {"grad_norm": float(norm), "lr": float(lr)}
+
+    def train_mode(self, training: bool) -> None:
+        self.model.train(training)
+
+    # ------------------------------------------------------------------ weights and state
+
+    def weights_state_dict(self) -> dict[str, Any]:
+        """Trainable weights only when LoRA (the adapter), else the whole model."""
+        if self.is_lora:
+            from peft import get_peft_model_state_dict
+
+            return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+
+    def save(self, directory: str) -> None:
+        """Weights as safetensors (adapter only when LoRA), plus optimizer, scheduler and
+        sampling generator state (no pickle)."""
+        from safetensors.torch import save_file
+
+        from agent_lightning.checkpoint import save_state
+
+        path = Path(directory)
+        tensors = self.weights_state_dict()
+        if not self.is_lora:
+            tensors = _dedupe_shared(tensors)
+        save_file(tensors, str(path / (ADAPTER_FILE if self.is_lora else WEIGHTS_FILE)))
+        state = {"version": self.version, "generator": self.generator.get_state()}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+            state["scheduler"] = self.scheduler.state_dict()
+        save_state(state, path / "backend")
+
+    def load(self, directory: str) -> None:
+        """Restore what ``save`` wrote (weights first, then optimizer/scheduler if configured)."""
+        from safetensors.torch import load_file
+
+        from agent_lightning.checkpoint import load_state
+
+        path = Path(directory)
+        if self.is_lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, load_file(str(path / ADAPTER_FILE)))
+        else:
+            tensors = load_file(str(path / WEIGHTS_FILE))
+            missing, unexpected = self.model.load_state_dict(tensors, strict=False)
+            missing = [k for k in missing if not _is_tied(self.model, k)]
+            if missing or unexpected:
+                raise ValueError(f"checkpoint {path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        state = load_state(path / "backend")
+        self.version = int(state["version"])
+        self.generator.set_state(state["generator"])
+        if self.optimizer is not None and "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def describe(self) -> dict[str, Any]:
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        return {"model/parameters": total, "model/trainable_parameters": trainable, "model/device": str(self.device)}
+
+
+def _dedupe_shared(tensors: dict[str, Any]) -> dict[str, Any]:
+    """safetensors refuses tensors sharing storage (tied embeddings): keep the first name."""
+    seen: dict[tuple[int, int], str] = {}
+    out = {}
+    for name, tensor in tensors.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen and tensor.numel() > 0:
+            continue
+        seen[key] = name
+        out[name] = tensor
+    return out
+
+
+def _is_tied(model: Any, name: str) -> bool:
+    return bool(getattr(model.config, "tie_word_embeddings", False)) and "lm_head" in name
+
+
+def create_backend(model_config: ModelConfig, backend_config: BackendConfig, *, seed: int = 0) -> TransformersBackend:
+    return TransformersBackend(model_config, backend_config, seed=seed)
+
+
+create_backend.description = TransformersBackend.description  # type: ignore[attr-defined]
+
+
+@hookimpl
+def register_backends(register):
+    register("transformers", create_backend)
+

@@ -1,0 +1,243 @@
+"""Run configuration: YAML (``yaml.safe_load`` only) validated into typed objects.
+
+Top-level sections: ``model``, ``backend``, ``environment``, ``reward``, ``algorithm``,
+``sampling``, ``trainer``, ``trackers``. A component is chosen by ``name:`` inside its
+section; the section's other keys are that component's options, validated by the
+component itself (its error names the key path too).
+
+Every problem becomes a ``ConfigError`` whose message is one line naming the key path,
+the value and what is allowed; the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(_Strict):
+    """LoRA adapters through peft."""
+
+    r: int = Field(8, ge=1)
+    alpha: float = 16.0
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelConfig(_Strict):
+    """Which causal LM to train.
+
+    Exactly one of: ``preset`` (a built-in tiny random-init model, see
+    ``agent_lightning.backends.tiny``), ``name_or_path`` (Hub id or local directory), or
+    ``gguf_file`` (a ``.gguf`` file, dequantised; ``name_or_path`` may name its directory).
+    """
+
+    preset: str | None = None
+    name_or_path: str | None = None
+    gguf_file: str | None = None
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    trust_remote_code: bool = False
+    lora: LoraSettings | None = None
+    preset_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class BackendConfig(_Strict):
+    name: str = "transformers"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplingConfig(_Strict):
+    """How the policy samples during rollouts (``eval_temperature`` during evaluation)."""
+
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, ge=1)
+    max_turns: int = Field(8, ge=1)
+    max_context_tokens: int = Field(4096, ge=8)
+    eval_temperature: float = Field(1.0, ge=0.0)
+
+
+class TrainerConfig(_Strict):
+    """The loop: how long, how often to evaluate and checkpoint, how to survive failures."""
+
+    steps: int = Field(100, ge=0)
+    batch_size: int = Field(8, ge=1, description="tasks per step (each played group_size times)")
+    eval_every: int = Field(0, ge=0, description="0: only at step 0 and at the end")
+    eval_episodes: int = Field(32, ge=1, description="held-out episodes per evaluation")
+    checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
+    keep_checkpoints: int = Field(3, ge=1)
+    seed: int = 0
+    max_failure_rate: float = Field(0.5, ge=0.0, le=1.0)
+    step_timeout_s: float = Field(30.0, gt=0.0)
+    log_trajectories: int = Field(4, ge=0, description="trajectories written per step")
+    output_dir: str = "runs"
+
+
+class ComponentConfig(BaseModel):
+    """``name:`` plus the component's own options (validated by the component)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RunConfig(_Strict):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    environment: ComponentConfig
+    reward: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="env-reward"))
+    algorithm: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="grpo"))
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    trackers: list[ComponentConfig] = Field(
+        default_factory=lambda: [ComponentConfig(name="console"), ComponentConfig(name="jsonl")]
+    )
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _tracker_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            return [{"name": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (component options flattened back into their sections)."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        return data
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def preset_path(name: str) -> Path | None:
+    """Path of a packaged preset (``agent_lightning/presets/<name>.yaml``), if it exists."""
+    resource = importlib.resources.files("agent_lightning") / "presets" / f"{name}.yaml"
+    return Path(str(resource)) if resource.is_file() else None
+
+
+def preset_names() -> list[str]:
+    folder = importlib.resources.files("agent_lightning") / "presets"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_yaml(source: str) -> dict[str, Any]:
+    """Read a config file or packaged preset name into plain data."""
+    path = Path(source)
+    if not path.is_file():
+        packaged = preset_path(source)
+        if packaged is None:
+            raise ConfigError(
+                f"config '{source}' is neither a file nor a packaged preset (presets: {', '.join(preset_names())})"
+            )
+        path = packaged
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to nested plain data."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"override '{item}': the value is not valid YAML") from None
+        node = data
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"override '{item}': '{'.'.join(parts[: depth + 1])}' is a value, not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _allowed_keys(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Field names of the model found at ``loc`` (without the last element)."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = [p for p in error["loc"] if not (isinstance(p, str) and p in {"function-after", "function-before"})]
+    path = ".".join(str(p) for p in loc) or "<top level>"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(RunConfig, loc)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"unknown key '{path}' (allowed: {', '.join(allowed)}){hint}"
+    if error["type"] == "missing":
+        return f"missing key '{path}'"
+    value = error.get("input")
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return f"invalid value {shown} for '{path}': {error['msg']}"
+
+
+def validate(data: Mapping[str, Any]) -> RunConfig:
+    """Validate plain data into a ``RunConfig`` or raise a one-line ``ConfigError``."""
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = _describe(errors[0])
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(first + more) from None
+
+
+def load_config(source: str | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Config file or preset (default ``quickstart``) plus command-line overrides."""
+    data = read_yaml(source or "quickstart")
+    return validate(apply_overrides(data, overrides))
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

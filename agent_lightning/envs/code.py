@@ -1,0 +1,142 @@
+"""Code generation with sandboxed execution: write a Python function, pass hidden tests.
+
+Each task asks for one function (``entry_point``) and shows a couple of public examples.
+The model replies with the function in a fenced ````python```` block; the environment
+runs the hidden tests in the sandbox (``agent_lightning.sandbox.run_function_tests``:
+only inputs enter it, values come back as strict JSON and are compared here) and
+answers with the test output, so the model may fix its code within ``max_attempts``.
+
+Reward: the fraction of tests the last attempt passed, paid when the episode ends (all
+tests pass or attempts run out); ``info`` carries ``tests_passed``, ``tests_total``,
+``tests_fraction`` each attempt, plus ``format_errors`` and ``sandbox_timeouts``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import re
+from typing import Any
+
+from agent_lightning.hookspecs import hookimpl
+from agent_lightning.types import Observation, StepResult, Task
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+
+SYSTEM_PROMPT = ("You write correct, self-contained Python 3 functions using only the standard library. "
+                 "Reply with the complete function in one ```python code block. If tests fail you will "
+                 "see their output and may reply with a corrected version.")
+
+
+@functools.lru_cache(maxsize=1)
+def problems() -> tuple[dict[str, Any], ...]:
+    """The shipped problems (``data/code_tasks.json``; rebuilt by ``data/build_code_tasks.py``)."""
+    text = (importlib.resources.files("agent_lightning.envs.data") / "code_tasks.json").read_text()
+    return tuple(json.loads(text)["problems"])
+
+
+def extract_code(action: str, entry_point: str) -> str | None:
+    """The code to run: the last fenced block defining ``entry_point``, else the last fenced
+    block, else the whole reply when it defines ``entry_point``; ``None`` when there is none."""
+    blocks = [body for lang, body in _FENCE.findall(action) if lang.lower() in ("", "python", "py", "python3")]
+    defining = [b for b in blocks if re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", b)]
+    if defining:
+        return defining[-1]
+    if blocks:
+        return blocks[-1]
+    if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", action, re.M):
+        return action
+    return None
+
+
+def _prompt_text(problem: dict[str, Any]) -> str:
+    examples = []
+    for test in problem["tests"][: problem["num_public"]]:
+        call = ", ".join(json.dumps(a) for a in test["args"])
+        examples.append(f"    {problem['entry_point']}({call}) == {json.dumps(test['expected'])}")
+    return (f"Write a Python function `{problem['entry_point']}`.\n{problem['description']}\n"
+            "Examples (JSON notation):\n" + "\n".join(examples))
+
+
+class CodeEnv:
+    """Write a Python function that passes hidden tests, run in a sandbox; retry on failure."""
+
+    description = "write a Python function that passes hidden tests run in a sandbox (multi-turn retries)"
+
+    def __init__(self, max_attempts: int = 3, timeout_s: float = 10.0, per_test_timeout_s: float = 2.0,
+                 memory_mb: int = 256, sandbox_backend: str | None = None, allow_unsafe_sandbox: bool = False,
+                 max_feedback_chars: int = 2000):
+        if max_attempts < 1:
+            raise ValueError(f"environment.max_attempts must be >= 1, got {max_attempts}")
+        self.max_attempts = max_attempts
+        self.timeout_s = timeout_s
+        self.per_test_timeout_s = per_test_timeout_s
+        self.memory_mb = memory_mb
+        self.sandbox_backend = sandbox_backend
+        self.allow_unsafe_sandbox = allow_unsafe_sandbox
+        self.max_feedback_chars = max_feedback_chars
+        self._task: Task | None = None
+        self._attempt = 0
+
+    def tasks(self, split: str) -> list[Task]:
+        if split not in ("train", "eval"):
+            raise ValueError(f"code has splits 'train' and 'eval', not '{split}'")
+        out = []
+        for p in problems():
+            if p["split"] != split:
+                continue
+            prompt = ({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": _prompt_text(p)})
+            out.append(Task(id=p["id"], prompt=prompt, split=split,
+                            reference={"entry_point": p["entry_point"], "tests": p["tests"],
+                                       "num_public": p["num_public"]}))
+        return out
+
+    def reset(self, task: Task) -> Observation:
+        self._task = task
+        self._attempt = 0
+        return Observation(tuple(task.prompt))
+
+    def step(self, action: str) -> StepResult:
+        from agent_lightning.sandbox import TestCase, run_function_tests
+
+        if self._task is None:
+            raise RuntimeError("code: step() called before reset()")
+        self._attempt += 1
+        ref = self._task.reference
+        cases = [TestCase(args=t["args"], expected=t["expected"], public=i < ref["num_public"])
+                 for i, t in enumerate(ref["tests"])]
+        out_of_attempts = self._attempt >= self.max_attempts
+        info: dict[str, Any] = {"tests_passed": 0, "tests_total": len(cases), "tests_fraction": 0.0,
+                                "format_errors": 0, "sandbox_timeouts": 0}
+        code = extract_code(action if isinstance(action, str) else str(action), ref["entry_point"])
+        if code is None:
+            info["format_errors"] = 1
+            if out_of_attempts:
+                info["success"] = False
+                return StepResult(None, reward=0.0, done=True, info=info)
+            return StepResult(Observation.user(
+                f"No code found. Reply with the function `{ref['entry_point']}` in a ```python code block."),
+                reward=0.0, done=False, info=info)
+        report = run_function_tests(code, ref["entry_point"], cases, timeout_s=self.timeout_s,
+                                    per_case_timeout_s=self.per_test_timeout_s, memory_mb=self.memory_mb,
+                                    backend=self.sandbox_backend, allow_unsafe=self.allow_unsafe_sandbox)
+        info.update(tests_passed=report.passed, tests_fraction=report.fraction,
+                    sandbox_timeouts=int(report.sandbox.timed_out))
+        solved = report.passed == report.total
+        if solved or out_of_attempts:
+            info["success"] = solved
+            return StepResult(None, reward=report.fraction, done=True, info=info)
+        feedback = report.feedback(cases, max_chars=self.max_feedback_chars)
+        left = self.max_attempts - self._attempt
+        return StepResult(Observation.user(f"{feedback}\nFix the function and reply with the complete code "
+                                           f"({left} attempt{'s' if left != 1 else ''} left)."),
+                          reward=0.0, done=False, info=info)
+
+    def close(self) -> None:
+        self._task = None
+
+
+@hookimpl
+def register_environments(register):
+    register("code", CodeEnv)

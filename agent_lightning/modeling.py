@@ -1,0 +1,267 @@
+"""Padding-free forward passes through Hugging Face causal LMs.
+
+A training batch is a packed stream of independent sequences: ``input_ids [total]``,
+``position_ids [total]`` restarting at 0 for every sequence and ``cu_seqlens [B+1]``
+(int32 offsets, see :func:`agent_lightning.ops.pack_lengths`). :func:`final_hidden_states`
+runs the decoder over that stream as one ``[1, total]`` row, so no FLOP is spent on padding.
+
+How attention stays within a sequence:
+
+* CPU (and GPU without flash-attn): the decoder temporarily runs with the attention
+  implementation ``"al_packed"`` (registered in ``transformers.AttentionInterface``), which
+  calls SDPA once per sequence with a causal mask. Its cost is ``sum(L_i^2)`` instead of
+  ``B * max(L)^2`` (padded) or ``total^2`` (a dense block-diagonal mask).
+* GPU with a ``flash_attention_*`` implementation already set at load time: the model's own
+  varlen path is used, fed by ``position_ids`` and the ``cu_seq_lens_*`` keyword arguments.
+
+The model's attention implementation is switched only for the duration of the call (through
+the public ``set_attn_implementation``) and restored afterwards, so generation and any padded
+forward keep the implementation chosen at load time. Models whose attention cannot be
+switched dynamically fall back to a padded forward (pad -> attention mask -> unpad), which
+gives the same hidden states at the cost of the padding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import torch
+
+PACKED_ATTENTION = "al_packed"
+
+_register_lock = threading.Lock()
+_registered = False
+# One switch of a model's attention implementation at a time (the switch is model-global state).
+_switch_lock = threading.RLock()
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside ``model`` (a ``PeftModel`` is unwrapped, LoRA layers stay active)."""
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):
+        return get_base()
+    return model
+
+
+def decoder(model: Any) -> Any:
+    """The decoder stack (``LlamaModel``, ``Qwen2Model``...) whose output is the final-normed hidden state."""
+    lm = causal_lm(model)
+    inner = getattr(lm, "base_model", None)
+    if inner is None or inner is lm:
+        raise TypeError(
+            f"{type(lm).__name__} has no separate decoder (base_model); final_hidden_states needs a "
+            "transformers *ForCausalLM model or a peft PeftModel wrapping one"
+        )
+    return inner
+
+
+def lm_head(model: Any) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+    """The output projection of ``model``: ``(weight [V, H], bias [V] or None)``.
+
+    Uses ``get_output_embeddings()``, so tied embeddings return the shared embedding matrix and
+    a peft-wrapped model returns its base model's head.
+    """
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise TypeError(f"{type(lm).__name__} has no output embeddings (get_output_embeddings() returned {head!r})")
+    return head.weight, getattr(head, "bias", None)
+
+
+def packed_sdpa_attention(
+    module: Any,
+    query: "torch.Tensor",
+    key: "torch.Tensor",
+    value: "torch.Tensor",
+    attention_mask: "torch.Tensor | None",
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    cu_seq_lens_q: "torch.Tensor | None" = None,
+    **kwargs: Any,
+) -> tuple["torch.Tensor", None]:
+    """Causal attention restricted to each packed sequence (the ``"al_packed"`` implementation).
+
+    Args:
+        module: The attention module (unused beyond the transformers signature).
+        query: ``[1, H, total, D]``.
+        key, value: ``[1, Hkv, total, D]`` (grouped-query attention when ``Hkv < H``).
+        attention_mask: Must be ``None``; the packing in ``cu_seq_lens_q`` replaces it.
+        scaling: Softmax scale (``D**-0.5`` when ``None``).
+        dropout: Attention dropout probability (training mode only).
+        sliding_window: Attend to at most this many most recent tokens (incl. itself), when set.
+        cu_seq_lens_q: ``[B+1]`` integer offsets of the sequences in the packed row.
+
+    Returns:
+        ``(attn_output [1, total, H, D], None)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if cu_seq_lens_q is None:
+        raise ValueError(
+            f"attention implementation {PACKED_ATTENTION!r} needs cu_seq_lens_q; "
+            "call it through agent_lightning.modeling.final_hidden_states"
+        )
+    if attention_mask is not None:
+        raise ValueError(f"attention implementation {PACKED_ATTENTION!r} does not take an attention_mask")
+    if query.shape[0] != 1:
+        raise ValueError(f"packed attention expects one packed row, got a batch of {query.shape[0]}")
+    gqa = key.shape[1] != query.shape[1]
+    bounds = cu_seq_lens_q.tolist()
+    sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    # One split per tensor (not a slice per sequence): its backward is a single concatenation,
+    # where per-slice autograd would materialise a full-size zero gradient for every sequence.
+    outputs = []
+    for q, k, v in zip(*(t.split(sizes, dim=2) for t in (query, key, value))):
+        length = q.shape[2]
+        if length == 0:
+            continue
+        mask = None
+        if sliding_window is not None and length > sliding_window:
+            idx = torch.arange(length, device=query.device)
+            diff = idx[:, None] - idx[None, :]
+            mask = (diff >= 0) & (diff < sliding_window)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=dropout,
+            is_causal=mask is None,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
+        outputs.append(out.transpose(1, 2))  # [1, L, H, D]
+    return torch.cat(outputs, dim=1), None
+
+
+def register_packed_attention() -> None:
+    """Register ``"al_packed"`` with ``transformers.AttentionInterface`` (idempotent)."""
+    global _registered
+    with _register_lock:
+        if _registered:
+            return
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
+        _registered = True
+
+
+@contextlib.contextmanager
+def attention_implementation(model: Any, name: str) -> Iterator[None]:
+    """Run the block with ``model``'s attention implementation set to ``name``, then restore it."""
+    lm = causal_lm(model)
+    with _switch_lock:
+        original = lm.config._attn_implementation
+        if original == name:
+            yield
+            return
+        lm.set_attn_implementation(name)
+        try:
+            yield
+        finally:
+            lm.set_attn_implementation(original)
+
+
+def _uses_flash_varlen(lm: Any, device: "torch.device") -> bool:
+    impl = lm.config._attn_implementation or ""
+    return device.type == "cuda" and impl.startswith("flash_attention")
+
+
+def _can_switch_attention(lm: Any) -> bool:
+    check = getattr(lm, "_can_set_attn_implementation", None)
+    # A classmethod of PreTrainedModel in transformers >= 4.56; models written against
+    # AttentionInterface answer True.
+    return bool(check()) if callable(check) else False
+
+
+def _check_packed_inputs(input_ids: "torch.Tensor", position_ids: "torch.Tensor", cu_seqlens: "torch.Tensor") -> None:
+    if input_ids.ndim != 1 or position_ids.shape != input_ids.shape:
+        raise ValueError(
+            "final_hidden_states expects flat input_ids [total] and position_ids [total]; got "
+            f"{tuple(input_ids.shape)} and {tuple(position_ids.shape)}"
+        )
+    if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be [B+1] with B >= 1, got shape {tuple(cu_seqlens.shape)}")
+    last = int(cu_seqlens[-1])
+    if last != input_ids.numel():
+        raise ValueError(f"cu_seqlens[-1]={last} but input_ids has {input_ids.numel()} tokens")
+
+
+def padded_hidden_states(
+    model: Any, input_ids: "torch.Tensor", cu_seqlens: "torch.Tensor"
+) -> "torch.Tensor":
+    """Reference path: pad the packed batch, run the decoder with an attention mask, unpad.
+
+    Args:
+        input_ids: ``int64 [total]`` packed tokens.
+        cu_seqlens: ``int32 [B+1]`` offsets.
+
+    Returns:
+        ``[total, H]`` final hidden states, same order as ``input_ids``.
+    """
+    import torch
+
+    from agent_lightning.ops.packing import pad_packed, unpad
+
+    ids = pad_packed(input_ids, cu_seqlens, pad_value=0)  # [B, Tmax]
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
+    mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None].to(ids.device)
+    out = decoder(model)(input_ids=ids, attention_mask=mask.to(torch.int64), use_cache=False)
+    return unpad(out.last_hidden_state, cu_seqlens)
+
+
+def final_hidden_states(
+    model: Any,
+    input_ids: "torch.Tensor",
+    position_ids: "torch.Tensor",
+    cu_seqlens: "torch.Tensor",
+) -> "torch.Tensor":
+    """Final hidden states (after the last norm) of a packed batch of independent sequences.
+
+    Args:
+        model: A transformers causal LM, or a peft ``PeftModel`` wrapping one.
+        input_ids: ``int64 [total]`` the sequences back to back.
+        position_ids: ``int64 [total]`` restarting at 0 at every sequence start.
+        cu_seqlens: ``int32 [B+1]`` offsets; sequence ``b`` is ``[cu_seqlens[b], cu_seqlens[b+1])``.
+
+    Returns:
+        ``[total, H]`` in the model's dtype; row ``t`` is the hidden state that predicts token
+        ``t + 1`` of the same sequence. Differentiable w.r.t. the model's trainable parameters.
+    """
+    _check_packed_inputs(input_ids, position_ids, cu_seqlens)
+    lm = causal_lm(model)
+    dec = decoder(model)
+    row_ids = input_ids.unsqueeze(0)
+    row_pos = position_ids.unsqueeze(0)
+    max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if _uses_flash_varlen(lm, input_ids.device):
+        import torch
+
+        cu = cu_seqlens.to(device=input_ids.device, dtype=torch.int32)
+        out = dec(
+            input_ids=row_ids,
+            position_ids=row_pos,
+            use_cache=False,
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=max_len,
+            max_length_k=max_len,
+        )
+        return out.last_hidden_state[0]
+    if not _can_switch_attention(lm):
+        return padded_hidden_states(model, input_ids, cu_seqlens)
+    register_packed_attention()
+    with attention_implementation(model, PACKED_ATTENTION):
+        out = dec(
+            input_ids=row_ids,
+            position_ids=row_pos,
+            use_cache=False,
+            cu_seq_lens_q=cu_seqlens,
+            max_length_q=max_len,
+        )
+    return out.last_hidden_state[0]

@@ -1,0 +1,268 @@
+"""The training loop.
+
+    for step in steps:
+        tasks   = sampler.next(batch_size)                  # seeded, resumable
+        trajs   = rollout(backend, envs, tasks x group_size) # fault-isolated per episode
+        trajs   = score(trajs, reward)                      # NaN/inf/raise -> failed episode
+        batch   = algorithm.prepare(trajs)                  # advantages via ops, packed
+        metrics = algorithm.update(backend, batch)
+        trackers.log(step, metrics); maybe eval; maybe checkpoint (atomic)
+
+Step 0 is the policy before any update: it is evaluated, as is the final step.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import logging
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from agent_lightning import checkpoint as ckpt
+from agent_lightning.batch import check_invariants
+from agent_lightning.config import ConfigError, RunConfig, dump_yaml
+from agent_lightning.plugins import PluginManager, get_plugin_manager
+from agent_lightning.registry import RegistryError
+from agent_lightning.rollout import EnvPool, play
+from agent_lightning.sampler import TaskSampler
+from agent_lightning.scoring import episode_metrics, score
+from agent_lightning.trackers.jsonl import truncate_metrics
+from agent_lightning.types import Task, Trajectory
+
+log = logging.getLogger("agent_lightning")
+
+
+class TrainingAborted(RuntimeError):
+    """Too many episodes failed in one step (``trainer.max_failure_rate``)."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    first_eval: dict[str, float]
+    last_eval: dict[str, float]
+
+
+class Trackers:
+    """Fans out to every tracker; a tracker that raises is disabled with a warning naming it."""
+
+    def __init__(self, named: Sequence[tuple[str, Any]]):
+        self.named = list(named)
+
+    def _each(self, method: str, *args: Any) -> None:
+        for name, tracker in list(self.named):
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as exc:  # noqa: BLE001 - a tracker never stops training
+                warnings.warn(f"tracker '{name}' failed in {method} ({type(exc).__name__}: {exc}); it is disabled for the rest of the run",
+                              stacklevel=2)
+                self.named.remove((name, tracker))
+
+    def log_config(self, config: dict[str, Any]) -> None:
+        self._each("log_config", config)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        self._each("log_metrics", step, metrics)
+
+    def log_artifact(self, path: str, name: str | None = None) -> None:
+        self._each("log_artifact", path, name)
+
+    def close(self) -> None:
+        self._each("close")
+
+
+def _create(pm: PluginManager, kind: str, section: str, name: str, *args: Any, **options: Any) -> Any:
+    """Build a component, turning lookup/option problems into config errors for the CLI."""
+    registry = pm.registries[kind]
+    if name not in registry:
+        raise ConfigError(f"{section}.name: {pm.unknown(kind, name)}")
+    try:
+        return registry.create(name, *args, **options)
+    except (RegistryError, ValueError, TypeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc).replace(f"'{kind}.", f"'{section}.")) from None
+
+
+class Trainer:
+    """Owns one run: its components, its directory, its loop."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, *, plugin_manager: PluginManager | None = None):
+        self.config = config
+        self.run_dir = run_dir
+        self.pm = plugin_manager or get_plugin_manager()
+        c = config
+        # Cheap components first, so that configuration mistakes surface before the model loads.
+        self.env_factory = lambda: _create(self.pm, "environment", "environment", c.environment.name, **c.environment.options)
+        probe = self.env_factory()
+        self.train_tasks: list[Task] = list(probe.tasks("train"))
+        self.eval_tasks: list[Task] = list(probe.tasks("eval"))
+        self.reward = _create(self.pm, "reward", "reward", c.reward.name, **c.reward.options)
+        self.algorithm = _create(self.pm, "algorithm", "algorithm", c.algorithm.name, **c.algorithm.options)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tracker_objs = [(t.name, _create(self.pm, "tracker", f"trackers[{t.name}]", t.name, run_dir=str(run_dir), **t.options))
+                        for t in c.trackers]
+        self.trackers = Trackers(tracker_objs)
+        self.envs = EnvPool(self.env_factory)
+        self.envs.instances.append(probe)
+        self._seed_everything(c.trainer.seed)
+        self.backend = _create(self.pm, "backend", "backend", c.backend.name, c.model, c.backend, seed=c.trainer.seed)
+        self.algorithm.setup(self.backend, total_steps=c.trainer.steps, temperature=c.sampling.temperature)
+        self.sampler = TaskSampler(self.train_tasks, c.trainer.seed)
+        self.group_size = int(getattr(self.algorithm, "group_size", 1))
+        self.executor = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="env")
+        self.step = 0
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        """Seed the global RNGs that model creation and LoRA initialisation draw from."""
+        import torch
+
+        random.seed(seed)
+        torch.manual_seed(seed)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        def write(folder: Path) -> None:
+            import torch
+
+            self.backend.save(str(folder))
+            ckpt.save_state({"sampler": self.sampler.state_dict(), "python_random": random.getstate(),
+                             "torch_rng": torch.random.get_rng_state(),
+                             "algorithm": self.algorithm.state_dict()}, folder / "trainer_state")
+            (folder / "trainer.json").write_text(json.dumps({"step": self.step}))
+
+        return ckpt.write_checkpoint(self.run_dir, self.step, write, self.config.trainer.keep_checkpoints)
+
+    def restore(self) -> bool:
+        """Continue from the run directory's latest checkpoint; False when there is none."""
+        import torch
+
+        found = ckpt.latest_checkpoint(self.run_dir)
+        if found is None:
+            return False
+        step, folder = found
+        self.backend.load(str(folder))
+        state = ckpt.load_state(folder / "trainer_state")
+        self.sampler.load_state_dict(state["sampler"])
+        random.setstate(state["python_random"])
+        torch.random.set_rng_state(state["torch_rng"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.step = step
+        truncate_metrics(self.run_dir, step)
+        return True
+
+    # ------------------------------------------------------------------ episodes
+
+    def _play(self, jobs: list[tuple[str, Task, int]], temperature: float, generator: Any = None) -> list[Trajectory]:
+        trajectories = play(self.backend, self.envs, jobs, sampling=self.config.sampling, temperature=temperature,
+                            step_timeout_s=self.config.trainer.step_timeout_s, policy_version=self.backend.version,
+                            generator=generator, executor=self.executor)
+        check_invariants(trajectories, vocab_size=self.backend.model.get_input_embeddings().num_embeddings,
+                         decode=self.backend.decode)
+        return score(trajectories, self.reward)
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out episodes with fixed sampling noise (the same at every evaluation)."""
+        import torch
+
+        if not self.eval_tasks:
+            return {}
+        n = self.config.trainer.eval_episodes
+        jobs = [(f"eval-{i}/{self.eval_tasks[i % len(self.eval_tasks)].id}", self.eval_tasks[i % len(self.eval_tasks)], i)
+                for i in range(n)]
+        generator = torch.Generator().manual_seed(self.config.trainer.seed + 7919)
+        started = time.perf_counter()
+        trajs = self._play(jobs, self.config.sampling.eval_temperature, generator)
+        metrics = episode_metrics(trajs, "eval")
+        metrics["eval/time_s"] = time.perf_counter() - started
+        return metrics
+
+    def _write_trajectories(self, trajectories: Sequence[Trajectory]) -> None:
+        keep = self.config.trainer.log_trajectories
+        if not keep:
+            return
+        folder = self.run_dir / "trajectories"
+        folder.mkdir(exist_ok=True)
+        with open(folder / f"step-{self.step}.jsonl", "w") as handle:
+            for traj in trajectories[:keep]:
+                record = {
+                    "id": traj.id, "task": traj.task.id, "reward": traj.final_reward, "success": traj.success,
+                    "failure": traj.failure, "policy_version": traj.policy_version,
+                    "prompt": self.backend.tokenizer.decode(list(traj.prompt_token_ids)),
+                    "turns": [{"action": t.action, "reward": t.reward,
+                               "observation": self.backend.tokenizer.decode(list(t.observation_token_ids))}
+                              for t in traj.turns],
+                    "token_ids": traj.token_ids,
+                    "policy_mask": [int(m) for m in traj.policy_mask],
+                }
+                handle.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ loop
+
+    def train_step(self) -> dict[str, float]:
+        c = self.config
+        started = time.perf_counter()
+        tasks = self.sampler.next(c.trainer.batch_size)
+        jobs = [(f"{task.id}/{k}", task, g) for g, task in enumerate(tasks) for k in range(self.group_size)]
+        trajectories = self._play(jobs, c.sampling.temperature)
+        rollout_s = time.perf_counter() - started
+        metrics = episode_metrics(trajectories, "train")
+        metrics["train/reward_mean"] = metrics.pop("train/mean_reward")
+        failed = [t for t in trajectories if t.failure is not None]
+        if len(failed) > c.trainer.max_failure_rate * len(trajectories):
+            reasons = sorted({t.failure for t in failed})[:3]
+            raise TrainingAborted(
+                f"step {self.step + 1}: {len(failed)} of {len(trajectories)} episodes failed, more than "
+                f"trainer.max_failure_rate={c.trainer.max_failure_rate}; reasons: {'; '.join(reasons)}"
+            )
+        for traj in failed:
+            log.warning("episode %s failed: %s", traj.id, traj.failure)
+        update_started = time.perf_counter()
+        batch = self.algorithm.prepare(trajectories)
+        update = self.algorithm.update(self.backend, batch)
+        update_s = time.perf_counter() - update_started
+        self.step += 1
+        metrics.update({f"train/{k}": v for k, v in update.items()})
+        metrics["time/rollout_s"] = rollout_s
+        metrics["time/update_s"] = update_s
+        tokens = sum(len(t.token_ids) for t in trajectories)
+        metrics["train/tokens_per_s"] = tokens / max(1e-9, time.perf_counter() - started)
+        self._write_trajectories(trajectories)
+        return metrics
+
+    def run(self, *, resume: bool = False, until_step: int | None = None) -> RunResult:
+        """Train to ``trainer.steps`` (or stop after ``until_step``, checkpointing there so
+        that ``--resume`` continues exactly: preemptible schedules use this)."""
+        c = self.config
+        stop = c.trainer.steps if until_step is None else min(until_step, c.trainer.steps)
+        (self.run_dir / "config.yaml").write_text(dump_yaml(c))
+        resumed = self.restore() if resume else False
+        self.trackers.log_config(c.to_dict())
+        first_eval: dict[str, float] = {}
+        last_eval: dict[str, float] = {}
+        try:
+            if not resumed:
+                first_eval = last_eval = self.evaluate()
+                self.trackers.log_metrics(0, first_eval)
+            while self.step < stop:
+                metrics = self.train_step()
+                final = self.step == c.trainer.steps
+                if (c.trainer.eval_every and self.step % c.trainer.eval_every == 0) or final:
+                    last_eval = self.evaluate()
+                    metrics.update(last_eval)
+                self.trackers.log_metrics(self.step, metrics)
+                if (c.trainer.checkpoint_every and self.step % c.trainer.checkpoint_every == 0) or self.step == stop:
+                    self.save_checkpoint()
+        finally:
+            self.trackers.close()
+            self.envs.close()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        return RunResult(self.run_dir, self.step, first_eval, last_eval)

@@ -1,0 +1,108 @@
+"""Config loading, overrides and one-line errors (checked through the real CLI)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import yaml
+
+from agent_lightning.config import ConfigError, apply_overrides, load_config, read_yaml, validate
+
+from conftest import tiny_config_data
+
+
+def test_quickstart_preset_loads_and_overrides_parse_as_yaml():
+    config = load_config(None, ["trainer.steps=4", "trackers=[console,jsonl]", "algorithm.name=grpo",
+                                "algorithm.group_size=3", "sampling.temperature=0.7"])
+    assert config.environment.name == "guess-number"
+    assert config.trainer.steps == 4
+    assert [t.name for t in config.trackers] == ["console", "jsonl"]
+    assert config.algorithm.options["group_size"] == 3
+    assert config.sampling.temperature == 0.7
+
+
+def test_override_creates_nested_sections_and_rejects_bad_forms():
+    data = apply_overrides({}, ["a.b.c=1", "a.d=[x, y]"])
+    assert data == {"a": {"b": {"c": 1}, "d": ["x", "y"]}}
+    with pytest.raises(ConfigError, match="not of the form key.path=value"):
+        apply_overrides({}, ["trainer.steps"])
+    with pytest.raises(ConfigError, match="'trainer.steps' is a value, not a section"):
+        apply_overrides({"trainer": {"steps": 3}}, ["trainer.steps.x=1"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.stepz=3", "unknown key 'trainer.stepz' (allowed: batch_size, checkpoint_every, eval_episodes, eval_every, keep_checkpoints, log_trajectories, max_failure_rate, output_dir, seed, step_timeout_s, steps); did you mean 'steps'?"),
+        ("trainer.steps=many", "invalid value 'many' for 'trainer.steps': Input should be a valid integer, unable to parse string as an integer"),
+        ("sampling.top_p=1.5", "invalid value 1.5 for 'sampling.top_p': Input should be less than or equal to 1"),
+        ("backend.device=tpu", "invalid value 'tpu' for 'backend.device': Input should be 'auto', 'cpu' or 'cuda'"),
+        ("modle.preset=tiny", "unknown key 'modle' (allowed: algorithm, backend, environment, model, reward, sampling, trackers, trainer); did you mean 'model'?"),
+    ],
+)
+def test_validation_errors_name_key_value_and_allowed(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert str(err.value) == message
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  preset: tiny\n trainer: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: malformed YAML at line 3"):
+        read_yaml(str(path))
+
+
+def test_unknown_config_source_lists_presets():
+    with pytest.raises(ConfigError, match=r"config 'nope.yaml' is neither a file nor a packaged preset \(presets: .*quickstart"):
+        read_yaml("nope.yaml")
+
+
+def _cli(alightning, cli_env, tmp_path, *args):
+    return subprocess.run([*alightning, "run", *args, "--output-dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=cli_env, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["trainer.stepz=1"], "error: unknown key 'trainer.stepz'"),
+        (["environment.name=guess-numbr"], "error: environment.name: unknown environment 'guess-numbr' (known: guess-number); did you mean 'guess-number'?"),
+        (["reward.name=exactmatch"], "error: reward.name: unknown reward 'exactmatch'"),
+        (["algorithm.clip_lo=0.1"], "error: unknown key 'algorithm.clip_lo' (allowed:"),
+        (["algorithm.group_size=zero"], "error: invalid value 'zero' for 'algorithm.group_size'"),
+        (["environment.max_number=1"], "error: environment.max_number must be at least 2, got 1"),
+        (["environment.colour=red"], "error: unknown key 'environment.colour' for environment 'guess-number'"),
+        (["trackers=[console, jsonl, tensorbord]"], "error: trackers[tensorbord].name: unknown tracker 'tensorbord'"),
+    ],
+)
+def test_cli_config_errors_are_one_line_exit_2_no_traceback(alightning, cli_env, tmp_path, args, expected):
+    result = _cli(alightning, cli_env, tmp_path, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(expected), lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_malformed_yaml_file(alightning, cli_env, tmp_path):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("trainer:\n  steps: [1, 2\n")
+    result = _cli(alightning, cli_env, tmp_path, str(bad))
+    assert result.returncode == 2 and "malformed YAML" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resolved_config_is_written_to_the_run_directory(tiny_config, tmp_path):
+    from agent_lightning.trainer import Trainer
+
+    config = tiny_config(trainer={"steps": 1, "eval_episodes": 4})
+    Trainer(config, tmp_path / "run").run()
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert validate(written) == config
+    assert written["environment"] == {"name": "guess-number", "max_number": 6, "max_turns": 3}
+
+
+def test_component_section_requires_a_name():
+    with pytest.raises(ConfigError, match="missing key 'environment.name'"):
+        validate({**tiny_config_data(), "environment": {"max_number": 3}})
