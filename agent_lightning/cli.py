@@ -2,6 +2,8 @@
 
     alightning run [CONFIG|PRESET] [a.b=value ...] [--output-dir DIR] [--resume RUN_DIR]
     alightning plugins
+    alightning envs
+    alightning try ENV [key=value ...] [--split eval] [--task ID] [--seed N]
 
 Configuration mistakes print one line (``error: ...``) and exit with code 2; a run
 aborted for too many failed episodes exits with code 1.
@@ -44,7 +46,12 @@ def _run(args: argparse.Namespace) -> int:
             run_dir = Path(config.trainer.output_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"run directory: {run_dir}", flush=True)
     started = time.perf_counter()
-    result = Trainer(config, run_dir).run(resume=bool(args.resume))
+    trainer = Trainer(config, run_dir)
+    info = trainer.describe()
+    print(f"policy: {info.get('model/parameters', '?'):,} parameters ({info.get('model/trainable_parameters', '?'):,} trainable) "
+          f"on {info.get('model/device', '?')}; training log-probs: {info['ops/token_logprobs']} "
+          "(from hidden states, never [tokens x vocab] logits)", flush=True)
+    result = trainer.run(resume=bool(args.resume))
     elapsed = time.perf_counter() - started
     first = result.first_eval.get("eval/success_rate")
     last = result.last_eval.get("eval/success_rate")
@@ -78,6 +85,41 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _envs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent_lightning.env_catalog import describe_environments
+
+    table = Table(title="environments")
+    for column in ("name", "description", "train tasks", "eval tasks"):
+        table.add_column(column)
+    for row in describe_environments():
+        counts = (str(row.train), str(row.eval)) if row.error is None else ("error", row.error)
+        table.add_row(row.name, row.description, *counts)
+    Console(width=max(120, Console().width)).print(table)
+    return 0
+
+
+def _try(args: argparse.Namespace) -> int:
+    from agent_lightning.config import ConfigError, apply_overrides
+    from agent_lightning.env_catalog import pick_task, play_interactive
+    from agent_lightning.plugins import get_plugin_manager
+    from agent_lightning.trainer import _create
+
+    options = apply_overrides({}, [f"environment.{item}" for item in args.options]).get("environment", {})
+    env = _create(get_plugin_manager(), "environment", "environment", args.env, **options)
+    try:
+        try:
+            task = pick_task(env, split=args.split, task_id=args.task, seed=args.seed)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        play_interactive(env, task)
+    finally:
+        env.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from agent_lightning import __version__
 
@@ -94,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser("plugins", help="list every registered component and where it came from")
     plugins.set_defaults(handler=_plugins)
+
+    envs = sub.add_parser("envs", help="list environments with a description and their task counts")
+    envs.set_defaults(handler=_envs)
+
+    try_env = sub.add_parser("try", help="play one episode of an environment yourself, in the terminal")
+    try_env.add_argument("env", help="environment name (see 'alightning envs')")
+    try_env.add_argument("options", nargs="*", metavar="key=value", help="environment options")
+    try_env.add_argument("--split", default="eval")
+    try_env.add_argument("--task", help="task id (default: a random task of the split)")
+    try_env.add_argument("--seed", type=int, default=None)
+    try_env.set_defaults(handler=_try)
     return parser
 
 

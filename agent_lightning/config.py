@@ -164,8 +164,16 @@ def read_yaml(source: str) -> dict[str, Any]:
     return data
 
 
+COMPONENT_SECTIONS = ("environment", "reward", "algorithm")
+
+
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to nested plain data."""
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to nested plain data.
+
+    Choosing another component (``environment.name=other``) starts that section afresh:
+    the previous component's options do not carry over; later overrides add the new
+    component's options (``environment.name=other environment.size=3``).
+    """
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -177,6 +185,11 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             raise ConfigError(f"override '{item}': the value is not valid YAML") from None
         node = data
         parts = key.split(".")
+        if len(parts) == 2 and parts[0] in COMPONENT_SECTIONS and parts[1] == "name":
+            current = data.get(parts[0])
+            if not isinstance(current, dict) or current.get("name") != value:
+                data[parts[0]] = {"name": value}
+                continue
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:

@@ -7,36 +7,37 @@ runs the decoder over that stream as one ``[1, total]`` row, so no FLOP is spent
 
 How attention stays within a sequence:
 
-* CPU (and GPU without flash-attn): the decoder temporarily runs with the attention
-  implementation ``"al_packed"`` (registered in ``transformers.AttentionInterface``), which
-  calls SDPA once per sequence with a causal mask. Its cost is ``sum(L_i^2)`` instead of
+* CPU (and GPU without flash-attn): the attention implementation ``"al_packed"``
+  (registered in ``transformers.AttentionInterface`` and ``AttentionMaskInterface``) calls
+  SDPA once per sequence with a causal mask. Its cost is ``sum(L_i^2)`` instead of
   ``B * max(L)^2`` (padded) or ``total^2`` (a dense block-diagonal mask).
-* GPU with a ``flash_attention_*`` implementation already set at load time: the model's own
+* GPU with a ``flash_attention_*`` implementation chosen at load time: the model's own
   varlen path is used, fed by ``position_ids`` and the ``cu_seq_lens_*`` keyword arguments.
 
-The model's attention implementation is switched only for the duration of the call (through
-the public ``set_attn_implementation``) and restored afterwards, so generation and any padded
-forward keep the implementation chosen at load time. Models whose attention cannot be
-switched dynamically fall back to a padded forward (pad -> attention mask -> unpad), which
-gives the same hidden states at the cost of the padding.
+**The switch is permanent.** The first :func:`final_hidden_states` call sets the model's
+attention implementation to ``"al_packed"`` (``set_attn_implementation``) and leaves it set;
+call :func:`use_packed_attention` at load time to do it up front. ``"al_packed"`` is a
+superset of ``"sdpa"``: any call that is not a packed row (a padded batch with an attention
+mask, generation with a KV cache) is handed to transformers' own SDPA attention with the mask
+transformers builds for SDPA, so generation and padded forwards give the same results as
+before. Restoring the old implementation after each call would be wrong under gradient
+checkpointing: the backward pass re-runs each layer's forward and must see packed attention
+again. Models whose attention cannot be switched (not written against ``AttentionInterface``)
+fall back to a padded forward (pad -> attention mask -> unpad): same hidden states, padding cost.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
 PACKED_ATTENTION = "al_packed"
 
-_register_lock = threading.Lock()
+_lock = threading.Lock()
 _registered = False
-# One switch of a model's attention implementation at a time (the switch is model-global state).
-_switch_lock = threading.RLock()
-
 
 def causal_lm(model: Any) -> Any:
     """The transformers causal LM inside ``model`` (a ``PeftModel`` is unwrapped, LoRA layers stay active)."""
@@ -71,6 +72,24 @@ def lm_head(model: Any) -> tuple["torch.Tensor", "torch.Tensor | None"]:
     return head.weight, getattr(head, "bias", None)
 
 
+def _segment_sizes(query: "torch.Tensor", cu_seq_lens_q: "torch.Tensor | None", position_ids: "torch.Tensor | None"):
+    """Sequence lengths of the packed row: from ``cu_seq_lens_q``, else from restarts of ``position_ids``."""
+    import torch
+
+    total = query.shape[2]
+    if cu_seq_lens_q is not None:
+        bounds = cu_seq_lens_q.tolist()
+        if bounds[-1] != total:
+            raise ValueError(f"packed attention: cu_seq_lens_q ends at {bounds[-1]} but the row has {total} tokens")
+        return [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    if position_ids is None:
+        return [total]
+    starts = torch.nonzero(position_ids.reshape(-1) == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return [end - start for start, end in zip(starts, [*starts[1:], total])]
+
+
 def packed_sdpa_attention(
     module: Any,
     query: "torch.Tensor",
@@ -81,38 +100,48 @@ def packed_sdpa_attention(
     dropout: float = 0.0,
     sliding_window: int | None = None,
     cu_seq_lens_q: "torch.Tensor | None" = None,
+    position_ids: "torch.Tensor | None" = None,
     **kwargs: Any,
 ) -> tuple["torch.Tensor", None]:
-    """Causal attention restricted to each packed sequence (the ``"al_packed"`` implementation).
+    """The ``"al_packed"`` attention: causal attention restricted to each sequence of a packed row.
+
+    A packed row is one batch row (``query.shape[0] == 1``) without attention mask or KV-cache
+    prefix; its sequences come from ``cu_seq_lens_q`` or, failing that, from where
+    ``position_ids`` restart at 0. Anything else is delegated to transformers' SDPA attention.
 
     Args:
-        module: The attention module (unused beyond the transformers signature).
-        query: ``[1, H, total, D]``.
-        key, value: ``[1, Hkv, total, D]`` (grouped-query attention when ``Hkv < H``).
-        attention_mask: Must be ``None``; the packing in ``cu_seq_lens_q`` replaces it.
+        module: The attention module (its ``num_key_value_groups`` is used by the SDPA delegate).
+        query: ``[batch, H, q_len, D]``.
+        key, value: ``[batch, Hkv, kv_len, D]`` (grouped-query attention when ``Hkv < H``).
+        attention_mask: ``None`` for a packed row; the SDPA mask built by transformers otherwise.
         scaling: Softmax scale (``D**-0.5`` when ``None``).
         dropout: Attention dropout probability (training mode only).
         sliding_window: Attend to at most this many most recent tokens (incl. itself), when set.
         cu_seq_lens_q: ``[B+1]`` integer offsets of the sequences in the packed row.
+        position_ids: ``[1, q_len]`` positions (restart at 0 per sequence).
 
     Returns:
-        ``(attn_output [1, total, H, D], None)``.
+        ``(attn_output [batch, q_len, H, D], None)``.
     """
     import torch
     import torch.nn.functional as F
 
-    if cu_seq_lens_q is None:
-        raise ValueError(
-            f"attention implementation {PACKED_ATTENTION!r} needs cu_seq_lens_q; "
-            "call it through agent_lightning.modeling.final_hidden_states"
-        )
-    if attention_mask is not None:
-        raise ValueError(f"attention implementation {PACKED_ATTENTION!r} does not take an attention_mask")
-    if query.shape[0] != 1:
-        raise ValueError(f"packed attention expects one packed row, got a batch of {query.shape[0]}")
+    packed_row = attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
+    if not packed_row:
+        if cu_seq_lens_q is not None:
+            raise ValueError(
+                "packed attention got cu_seq_lens_q together with an attention mask, a batch of "
+                f"{query.shape[0]} rows or a KV-cache prefix; a packed batch is one row without mask or cache"
+            )
+        from transformers import AttentionInterface
+
+        sdpa = AttentionInterface()["sdpa"]
+        return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                    position_ids=position_ids, **kwargs)
+    if kwargs.get("softcap") is not None:
+        raise ValueError(f"{type(module).__name__} uses attention logit soft-capping, which SDPA cannot do")
+    sizes = _segment_sizes(query, cu_seq_lens_q, position_ids)
     gqa = key.shape[1] != query.shape[1]
-    bounds = cu_seq_lens_q.tolist()
-    sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
     # One split per tensor (not a slice per sequence): its backward is a single concatenation,
     # where per-slice autograd would materialise a full-size zero gradient for every sequence.
     outputs = []
@@ -126,45 +155,54 @@ def packed_sdpa_attention(
             diff = idx[:, None] - idx[None, :]
             mask = (diff >= 0) & (diff < sliding_window)
         out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=dropout,
-            is_causal=mask is None,
-            scale=scaling,
-            enable_gqa=gqa,
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scaling, enable_gqa=gqa
         )
         outputs.append(out.transpose(1, 2))  # [1, L, H, D]
     return torch.cat(outputs, dim=1), None
 
 
+def packed_attention_mask(batch_size: int, q_length: int, kv_length: int, *args: Any,
+                          attention_mask: "torch.Tensor | None" = None, **kwargs: Any) -> "torch.Tensor | None":
+    """Mask builder for ``"al_packed"``: none for a single unmasked row (the attention finds the
+    sequences itself), transformers' SDPA mask for everything else."""
+    if attention_mask is None and batch_size == 1:
+        return None
+    from transformers import AttentionMaskInterface
+
+    return AttentionMaskInterface()["sdpa"](batch_size, q_length, kv_length, *args,
+                                            attention_mask=attention_mask, **kwargs)
+
+
 def register_packed_attention() -> None:
-    """Register ``"al_packed"`` with ``transformers.AttentionInterface`` (idempotent)."""
+    """Register ``"al_packed"`` with transformers' attention and mask interfaces (idempotent)."""
     global _registered
-    with _register_lock:
+    with _lock:
         if _registered:
             return
-        from transformers import AttentionInterface
+        from transformers import AttentionInterface, AttentionMaskInterface
 
         AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
+        AttentionMaskInterface.register(PACKED_ATTENTION, packed_attention_mask)
         _registered = True
 
 
-@contextlib.contextmanager
-def attention_implementation(model: Any, name: str) -> Iterator[None]:
-    """Run the block with ``model``'s attention implementation set to ``name``, then restore it."""
+def use_packed_attention(model: Any) -> bool:
+    """Switch ``model`` (a causal LM or a peft wrapper) to ``"al_packed"`` attention, for good.
+
+    Returns:
+        ``True`` when the model now uses packed attention (or already did); ``False`` when its
+        attention cannot be switched (then :func:`final_hidden_states` pads instead).
+    """
     lm = causal_lm(model)
-    with _switch_lock:
-        original = lm.config._attn_implementation
-        if original == name:
-            yield
-            return
-        lm.set_attn_implementation(name)
-        try:
-            yield
-        finally:
-            lm.set_attn_implementation(original)
+    if lm.config._attn_implementation == PACKED_ATTENTION:
+        return True
+    if not _can_switch_attention(lm):
+        return False
+    register_packed_attention()
+    with _lock:
+        if lm.config._attn_implementation != PACKED_ATTENTION:
+            lm.set_attn_implementation(PACKED_ATTENTION)
+    return True
 
 
 def _uses_flash_varlen(lm: Any, device: "torch.device") -> bool:
@@ -253,15 +291,7 @@ def final_hidden_states(
             max_length_k=max_len,
         )
         return out.last_hidden_state[0]
-    if not _can_switch_attention(lm):
+    if not use_packed_attention(model):
         return padded_hidden_states(model, input_ids, cu_seqlens)
-    register_packed_attention()
-    with attention_implementation(model, PACKED_ATTENTION):
-        out = dec(
-            input_ids=row_ids,
-            position_ids=row_pos,
-            use_cache=False,
-            cu_seq_lens_q=cu_seqlens,
-            max_length_q=max_len,
-        )
+    out = dec(input_ids=row_ids, position_ids=row_pos, use_cache=False, cu_seq_lens_q=cu_seqlens, max_length_q=max_len)
     return out.last_hidden_state[0]

@@ -31,7 +31,13 @@ ENTRY_POINT_GROUP = "agent_lightning"
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "agent_lightning.envs.guess_number",
+    "agent_lightning.envs.tool_use",
+    "agent_lightning.envs.code",
+    "agent_lightning.envs.web",
     "agent_lightning.rewards.env_rewards",
+    "agent_lightning.rewards.matching",
+    "agent_lightning.rewards.tests_passed",
+    "agent_lightning.rewards.composite",
     "agent_lightning.algorithms.grpo",
     "agent_lightning.trackers.console",
     "agent_lightning.trackers.jsonl",

@@ -119,6 +119,17 @@ class Trainer:
         self.executor = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="env")
         self.step = 0
 
+    def describe(self) -> dict[str, Any]:
+        """What this run is made of: model size, device, and the log-prob path used."""
+        from agent_lightning.ops import dispatch
+        from agent_lightning.ops.logprobs import IMPLEMENTED
+
+        device = self.backend.device.type if hasattr(self.backend, "device") else "cpu"
+        path = dispatch.select("token_logprobs", device, IMPLEMENTED)
+        info = dict(self.backend.describe()) if hasattr(self.backend, "describe") else {}
+        info["ops/token_logprobs"] = {"triton": "fused Triton kernel", "torch": "fused chunked torch"}.get(path, path)
+        return info
+
     @staticmethod
     def _seed_everything(seed: int) -> None:
         """Seed the global RNGs that model creation and LoRA initialisation draw from."""
@@ -244,6 +255,7 @@ class Trainer:
         c = self.config
         stop = c.trainer.steps if until_step is None else min(until_step, c.trainer.steps)
         (self.run_dir / "config.yaml").write_text(dump_yaml(c))
+        (self.run_dir / "run_info.json").write_text(json.dumps(self.describe(), indent=1))
         resumed = self.restore() if resume else False
         self.trackers.log_config(c.to_dict())
         first_eval: dict[str, float] = {}

@@ -80,11 +80,60 @@ def maxrss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset Linux's VmHWM to the current RSS (``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def cpu_peak_extra_first_call(fn: Callable[[], Any]) -> int:
-    """Peak RSS growth of the first call of ``fn`` in this (fresh) process, in bytes."""
+    """Peak RSS growth during the first call of ``fn`` in this (fresh) process, in bytes.
+
+    On Linux the peak (VmHWM) is reset to the current RSS right before the call, so memory
+    freed earlier (e.g. temporaries of input creation) cannot hide the call's own peak.
+    Elsewhere falls back to the growth of ``ru_maxrss``, which can under-count.
+    """
+    import gc
+
+    gc.collect()
+    if _reset_peak_rss():
+        before = _proc_status_kib("VmRSS")
+        fn()
+        peak = _proc_status_kib("VmHWM")
+        if before is not None and peak is not None:
+            return (peak - before) * 1024
     before = maxrss_bytes()
     fn()
     return maxrss_bytes() - before
+
+
+def time_fn_cpu(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> tuple[list[float], list[float]]:
+    """``(wall seconds, process CPU seconds)`` per call. CPU time (all threads) is the
+    steadier number on a machine shared with other jobs; wall time is what users feel."""
+    for _ in range(warmup):
+        fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return walls, cpus
 
 
 def run_isolated(script: str, args: Sequence[str], timeout: float = 3600) -> dict:
@@ -105,7 +154,8 @@ def run_isolated(script: str, args: Sequence[str], timeout: float = 3600) -> dic
 def fmt_ms(seconds: float | None) -> str:
     if seconds is None or seconds != seconds:
         return "-"
-    return f"{seconds * 1e3:.1f}"
+    ms = seconds * 1e3
+    return f"{ms:.1f}" if ms >= 10 else f"{ms:.3g}"
 
 
 def fmt_mib(num_bytes: int | float | None) -> str:

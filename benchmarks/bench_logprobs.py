@@ -40,6 +40,7 @@ from _common import (  # noqa: E402
     print_table,
     run_isolated,
     time_fn,
+    time_fn_cpu,
     write_json,
 )
 
@@ -146,12 +147,16 @@ def measure(method: str, shape: tuple, device: str, repeats: int) -> dict:
     n, h, v, dtype_name = shape
     case = make_case(n, h, v, dtype_name, device)
     run = method_fn(method, *case)
+    result = {"method": method, "shape": list(shape)}
     if device == "cuda":
-        peak = cuda_peak_extra(run)
+        result["peak_extra_bytes"] = cuda_peak_extra(run)
+        times = time_fn(run, device, repeats, warmup=0)
     else:
-        peak = cpu_peak_extra_first_call(run)
-    times = time_fn(run, device, repeats, warmup=0)
-    return {"method": method, "shape": list(shape), "times_s": times, "median_s": median(times), "peak_extra_bytes": peak}
+        result["peak_extra_bytes"] = cpu_peak_extra_first_call(run)
+        times, cpu_times = time_fn_cpu(run, repeats, warmup=0)
+        result.update(cpu_times_s=cpu_times, median_cpu_s=median(cpu_times))
+    result.update(times_s=times, median_s=median(times))
+    return result
 
 
 def main() -> None:
@@ -203,21 +208,29 @@ def main() -> None:
             res = by_method[method]
             results.append(res)
             if "median_s" not in res:
-                rows.append([_shape_str(shape), method, res.get("skipped") or res.get("error", "?"), "", "", "", ""])
+                rows.append([_shape_str(shape), method, res.get("skipped") or res.get("error", "?")] + [""] * 6)
                 continue
             t, mem = res["median_s"], res["peak_extra_bytes"]
+            cpu_t = res.get("median_cpu_s")
             rows.append([
                 _shape_str(shape),
                 method,
                 fmt_ms(t),
+                fmt_ms(cpu_t) if cpu_t is not None else "-",
                 fmt_mib(mem),
                 f"{t / naive['median_s']:.2f}x" if "median_s" in naive else "-",
+                f"{cpu_t / naive['median_cpu_s']:.2f}x" if cpu_t and naive.get("median_cpu_s") else "-",
                 f"{mem / naive['peak_extra_bytes']:.3f}" if naive.get("peak_extra_bytes") else "-",
                 f"{100 * 3 * mm['median_s'] / t:.0f}%" if "median_s" in mm and method != "mm" else "-",
             ])
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
     print_table(
-        f"token log-probs, forward + backward, device={args.device}, median of {repeats}",
-        ["N,H,V,dtype", "method", "ms", "peak extra MiB", "time/naive", "mem/naive", "mm-equiv"],
+        f"token log-probs, forward + backward, device={args.device}, median of {repeats}"
+        + (f", torch threads={threads} (cpu ms = process CPU time, all threads)" if args.device == "cpu" else ""),
+        ["N,H,V,dtype", "method", "wall ms", "cpu ms", "peak extra MiB", "wall/naive", "cpu/naive", "mem/naive",
+         "mm-equiv"],
         rows,
     )
     write_json(args.json, "bench_logprobs", args.device, results)

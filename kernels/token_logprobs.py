@@ -6,12 +6,14 @@ in tiles of ``BLOCK_V``; each logits tile ``[BLOCK_N, BLOCK_V]`` is a ``tl.dot``
 partial last tile is masked to ``-inf``) plus the target logit and, for the entropy, the
 running ``sum exp(z - m) * (z - m)``. Nothing of size ``[N, V]`` exists at any time.
 
-Backward, per chunk of tokens (chunk buffer ``[chunk, V]`` in the input dtype):
-``_grad_logits_kernel`` recomputes each logits tile and writes
-``d/dlogits = (g_lp * (onehot - p) - g_ent * p * (log p + H)) / T`` into the buffer; then
-``grad_hidden[chunk] = buffer @ weight`` (cuBLAS) and ``grad_weight += buffer.T @ hidden``
-(``_accumulate_at_b_kernel``, float32 accumulator). Four matmuls in all — the price of
-honouring a per-token upstream gradient without storing ``[N, V]``.
+Backward, vocab slab by vocab slab (``SLAB_V`` rows of the weight) and, inside a slab,
+token chunk by token chunk (``CHUNK_N`` rows): ``_grad_logits_kernel`` recomputes the
+logits tile and writes ``d/dlogits = (g_lp * (onehot - p) - g_ent * p * (log p + H)) / T``
+into a ``[CHUNK_N, SLAB_V]`` buffer (input dtype); then ``grad_hidden[chunk] += buffer @
+weight[slab]`` (cuBLAS) and ``grad_weight[slab] += buffer.T @ hidden[chunk]``
+(``_accumulate_at_b_kernel``) into a float32 slab accumulator, written once per slab into
+the gradient. Four matmuls in all — the price of honouring a per-token upstream gradient
+without storing ``[N, V]`` — and extra memory bounded by the slab and the buffer.
 
 Float32 inputs use IEEE float32 ``tl.dot`` (no TF32); bf16/fp16 inputs multiply in their
 dtype and accumulate in float32.
@@ -25,8 +27,9 @@ import torch
 import triton
 import triton.language as tl
 
-# Vocab-chunk buffer budget of the backward pass, bytes.
-BACKWARD_CHUNK_BYTES = 256 * 1024 * 1024
+# Backward: float32 weight-gradient slab budget (bytes) and tokens per chunk.
+SLAB_BYTES = 128 * 1024 * 1024
+CHUNK_N = 4096
 
 
 @triton.jit
@@ -87,15 +90,16 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, logp_ptr, lse_ptr, ent_ptr,
 
 @triton.jit
 def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, g_lp_ptr, g_ent_ptr, out_ptr,
-                        row0, N, V, H, stride_h, stride_w, stride_out, inv_t,
+                        row0, N, col0, V, H, stride_h, stride_w, stride_out, inv_t,
                         HAS_BIAS: tl.constexpr, USE_ENT: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                         PRECISION: tl.constexpr):
     local = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = row0 + local
     row_ok = rows < N
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    col_ok = cols < V
+    local_cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    cols = col0 + local_cols
+    col_ok = cols < V  # V here is the end of this slab of the vocabulary
     z = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
                      BLOCK_N, BLOCK_V, BLOCK_H, PRECISION) * inv_t
     if HAS_BIAS:
@@ -113,7 +117,7 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, g_lp_ptr
         coef = coef + g_ent[:, None] * (log_p + ent[:, None])
     grad = tl.where(cols[None, :] == tgt[:, None], g_lp[:, None], 0.0) - p * coef
     ok = row_ok[:, None] & col_ok[None, :]
-    tl.store(out_ptr + local[:, None] * stride_out + cols[None, :], grad.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + local[:, None] * stride_out + local_cols[None, :], grad.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -142,8 +146,13 @@ def _accumulate_at_b_kernel(a_ptr, b_ptr, c_ptr, M, K, Nc, stride_a, stride_b, s
 def _blocks(hidden_dim: int) -> dict:
     if os.environ.get("TRITON_INTERPRET") == "1":
         # The interpreter runs tiles as numpy arrays: big vocab tiles, few programs.
-        return dict(BLOCK_N=16, BLOCK_V=4096, BLOCK_H=max(16, min(64, triton.next_power_of_2(hidden_dim))))
-    return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64)
+        tiles = dict(BLOCK_N=16, BLOCK_V=4096, BLOCK_H=max(16, min(64, triton.next_power_of_2(hidden_dim))))
+    else:
+        tiles = dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64)
+    # Backward work split: vocab slabs of SLAB_V rows (a float32 [SLAB_V, H] weight-gradient
+    # accumulator for 16-bit weights) x token chunks of CHUNK_N rows ([CHUNK_N, SLAB_V] buffer).
+    slab_v = max(tiles["BLOCK_V"], SLAB_BYTES // (4 * hidden_dim) // tiles["BLOCK_V"] * tiles["BLOCK_V"])
+    return dict(tiles, SLAB_V=slab_v, CHUNK_N=CHUNK_N)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -197,36 +206,52 @@ class _TritonTokenLogprobs(torch.autograd.Function):
         use_ent = ctx.want_entropy and grad_ent is not None
         g_ent = (grad_ent.float() * inv_t).contiguous() if use_ent else g_lp
         g_lp = g_lp.contiguous()
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(vocab, hdim, dtype=torch.float32, device=dev) if need_w else None
+        # grad_hidden accumulates over vocab slabs in hidden's dtype (cuBLAS adds in float32
+        # and rounds once per slab); grad_weight of a slab accumulates over all tokens in
+        # float32, then is written once into the (weight-dtype) gradient.
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.empty(vocab, hdim, dtype=weight.dtype, device=dev) if need_w else None
         grad_b = torch.zeros(vocab, dtype=torch.float32, device=dev) if need_b else None
-        chunk = max(blocks["BLOCK_N"], BACKWARD_CHUNK_BYTES // (vocab * hidden.element_size()))
-        chunk = min(triton.cdiv(max(n, 1), blocks["BLOCK_N"]) * blocks["BLOCK_N"], chunk)
-        buf = torch.empty(chunk, vocab, dtype=hidden.dtype, device=dev)
-        for s in range(0, n, chunk):
-            e = min(s + chunk, n)
-            rows = e - s
-            _grad_logits_kernel[(triton.cdiv(rows, blocks["BLOCK_N"]), triton.cdiv(vocab, blocks["BLOCK_V"]))](
-                hidden, weight, bias if bias is not None else hidden, targets, lse,
-                ent if use_ent else lse, g_lp, g_ent, buf,
-                s, e, vocab, hdim, hidden.stride(0), weight.stride(0), buf.stride(0), inv_t,
-                HAS_BIAS=bias is not None, USE_ENT=use_ent, PRECISION=precision, **blocks,
-            )
-            grad_z = buf[:rows]
-            if need_h:
-                torch.mm(grad_z, weight, out=grad_h[s:e])
+        slab = min(vocab, blocks["SLAB_V"])
+        chunk = max(1, min(n, blocks["CHUNK_N"]))
+        slab_acc = None
+        if need_w and weight.dtype != torch.float32:
+            slab_acc = torch.empty(slab, hdim, dtype=torch.float32, device=dev)
+        buf = torch.empty(max(chunk * slab, 1), dtype=hidden.dtype, device=dev)
+        acc_m, acc_k, acc_n = _accumulate_blocks()
+        for v0 in range(0, vocab, slab):
+            v1 = min(v0 + slab, vocab)
+            width = v1 - v0
             if need_w:
-                bm, bk, bn = _accumulate_blocks()
-                _accumulate_at_b_kernel[(triton.cdiv(vocab, bm), triton.cdiv(hdim, bn))](
-                    grad_z, hidden[s:e], grad_w, vocab, rows, hdim,
-                    grad_z.stride(0), hidden.stride(0), grad_w.stride(0),
-                    BLOCK_M=bm, BLOCK_K=bk, BLOCK_NC=bn, PRECISION=precision,
+                gw = grad_w[v0:v1] if slab_acc is None else slab_acc[:width]
+                gw.zero_()
+            for s in range(0, n, chunk):
+                e = min(s + chunk, n)
+                rows = e - s
+                tile = buf[: rows * width].view(rows, width)
+                grid = (triton.cdiv(rows, blocks["BLOCK_N"]), triton.cdiv(width, blocks["BLOCK_V"]))
+                _grad_logits_kernel[grid](
+                    hidden, weight, bias if bias is not None else hidden, targets, lse,
+                    ent if use_ent else lse, g_lp, g_ent, tile,
+                    s, e, v0, v1, hdim, hidden.stride(0), weight.stride(0), tile.stride(0), inv_t,
+                    HAS_BIAS=bias is not None, USE_ENT=use_ent, PRECISION=precision,
+                    BLOCK_N=blocks["BLOCK_N"], BLOCK_V=blocks["BLOCK_V"], BLOCK_H=blocks["BLOCK_H"],
                 )
-            if need_b:
-                grad_b += grad_z.sum(dim=0, dtype=torch.float32)
+                if need_h:
+                    grad_h[s:e].addmm_(tile, weight[v0:v1])
+                if need_w:
+                    _accumulate_at_b_kernel[(triton.cdiv(width, acc_m), triton.cdiv(hdim, acc_n))](
+                        tile, hidden[s:e], gw, width, rows, hdim,
+                        tile.stride(0), hidden.stride(0), gw.stride(0),
+                        BLOCK_M=acc_m, BLOCK_K=acc_k, BLOCK_NC=acc_n, PRECISION=precision,
+                    )
+                if need_b:
+                    grad_b[v0:v1] += tile.sum(dim=0, dtype=torch.float32)
+            if slab_acc is not None:
+                grad_w[v0:v1].copy_(gw)
         return (
             grad_h,
-            grad_w.to(weight.dtype) if need_w else None,
+            grad_w,
             grad_b.to(bias.dtype) if need_b else None,
             None,
             None,
@@ -253,8 +278,9 @@ def triton_token_logprobs(
         bias: ``[V]`` or ``None``.
         temperature: > 0.
         return_entropy: Compute the (differentiable) entropy too.
-        blocks: Tile sizes ``BLOCK_N``/``BLOCK_V``/``BLOCK_H`` (each a power of two >= 16);
-            tests use it to force partial tiles.
+        blocks: Overrides of the tile sizes ``BLOCK_N``/``BLOCK_V``/``BLOCK_H`` (powers of two
+            >= 16) and of the backward split ``SLAB_V``/``CHUNK_N``; tests use it to force
+            partial tiles, several slabs and several chunks.
 
     Returns:
         ``(logprobs [N] float32, entropy [N] float32 or [0])``.

@@ -85,27 +85,34 @@ def test_packed_logprobs_equal_padded(family, lora):
         model = with_lora(model)
     lengths = [1, 17, 5, 1, 33, 2, 9]
     seqs, flat, layout = random_batch(lengths, seed=11)
-    before = model.config._attn_implementation if not lora else model.get_base_model().config._attn_implementation
+    config = model.get_base_model().config if lora else model.config
+    assert config._attn_implementation == "sdpa"
     with torch.no_grad():
+        want = padded_logprobs(model, seqs)  # before the switch: transformers' own SDPA path
         got = packed_logprobs(model, flat, layout)
-        want = padded_logprobs(model, seqs)
-    for i, (g, w) in enumerate(zip(got, want)):
+        assert config._attn_implementation == PACKED_ATTENTION  # the switch is permanent
+        again = padded_logprobs(model, seqs)  # padded calls are delegated to SDPA afterwards
+    for i, (g, w, a) in enumerate(zip(got, want, again)):
         assert g.shape == w.shape, i
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"sequence {i} (length {lengths[i]})")
-    after = model.config._attn_implementation if not lora else model.get_base_model().config._attn_implementation
-    assert before == after == "sdpa"  # the packed call restores the load-time implementation
+        torch.testing.assert_close(a, w, rtol=0, atol=1e-6, msg=f"padded sequence {i} after the switch")
 
 
-def test_packed_gradients_equal_padded():
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_gradients_equal_padded(checkpointing):
     model = with_lora(tiny_model("llama", seed=5))
+    if checkpointing:
+        # The backward pass re-runs every layer's forward: it must attend within sequences again.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     lengths = [4, 1, 21, 8]
     seqs, flat, layout = random_batch(lengths, seed=2)
     params = [p for p in model.parameters() if p.requires_grad]
 
+    loss_ref = torch.cat(padded_logprobs(model, seqs)).sum()  # before the switch to packed attention
+    g_padded = torch.autograd.grad(loss_ref, params)
     loss = torch.cat(packed_logprobs(model, flat, layout)).sum()
     g_packed = torch.autograd.grad(loss, params)
-    loss_ref = torch.cat(padded_logprobs(model, seqs)).sum()
-    g_padded = torch.autograd.grad(loss_ref, params)
     torch.testing.assert_close(loss, loss_ref, rtol=0, atol=1e-4)
     for a, b in zip(g_packed, g_padded):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -172,3 +179,31 @@ def test_cpu_path_is_really_packed(monkeypatch):
     finally:
         transformers.AttentionInterface.register(PACKED_ATTENTION, real)
     assert [tuple(s) for s in calls] == [(1, 4, 8, 16)] * 2  # one packed row, 2 layers
+
+
+def test_packed_row_without_cu_seqlens_uses_position_ids():
+    """A decoder call on a packed row with restarting position_ids (no cu_seqlens kwarg), as a
+    plain transformers forward would make it, also stays within sequences."""
+    from agent_lightning.modeling import decoder, use_packed_attention
+
+    model = tiny_model("qwen2", seed=2)
+    _, flat, layout = random_batch([5, 1, 8], seed=6)
+    with torch.no_grad():
+        want = final_hidden_states(model, flat, layout.position_ids, layout.cu_seqlens)
+        assert use_packed_attention(model)
+        got = decoder(model)(input_ids=flat[None], position_ids=layout.position_ids[None]).last_hidden_state[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_generation_unchanged_by_packed_attention():
+    from agent_lightning.modeling import use_packed_attention
+
+    model = tiny_model("llama", seed=8)
+    prompt = torch.tensor([[3, 5, 7, 11], [0, 0, 2, 4]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])  # left padding, as generate expects
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        want = model.generate(prompt, **kwargs)
+        assert use_packed_attention(model)
+        got = model.generate(prompt, **kwargs)
+    assert torch.equal(got, want)

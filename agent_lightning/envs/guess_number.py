@@ -1,7 +1,8 @@
 """Number guessing with higher/lower feedback: the quickstart environment.
 
 The agent must find a secret integer in ``[1, max_number]`` within ``max_turns`` guesses.
-Each wrong guess is answered ``higher`` or ``lower``, so a policy that uses earlier
+Each wrong guess is answered ``higher than G`` or ``lower than G``: a hint narrows the
+range only together with the earlier ones, so a policy that uses earlier
 feedback (binary search) always wins when ``max_turns >= ceil(log2(max_number + 1))``,
 while one that ignores it rarely does.
 
@@ -73,9 +74,9 @@ class GuessNumberEnv:
         if not valid:
             text = f"invalid . guess a number between 1 and {self.max_number} ."
         elif self._secret > guess:
-            text, self._low = "higher", max(self._low, guess + 1)
+            text, self._low = f"higher than {guess}", max(self._low, guess + 1)
         else:
-            text, self._high = "lower", min(self._high, guess - 1)
+            text, self._high = f"lower than {guess}", min(self._high, guess - 1)
         info = {"success": False, "invalid": 0.0 if valid else 1.0, "wasted": float(wasted)}
         reward = -self.wasted_guess_penalty if wasted else 0.0
         return StepResult(None if out_of_turns else Observation.user(text), reward=reward, done=out_of_turns, info=info)

@@ -105,61 +105,70 @@ def gae_packed_torch(
     """The torch path on packed input: ``[total]`` float32 rewards/values, bool mask,
     ``[B + 1]`` offsets. Returns float32 ``(advantages, returns)``, ``[total]`` each.
 
-    Accumulates in float64 on CPU (cheap there) and float32 elsewhere.
+    Steps: view (equal lengths) or scatter the stream into a padded ``[B, L]`` grid; compact
+    each row's valid tokens to the left (``scatter`` to their rank, skipped tokens to a dump
+    column); GAE there is the plain recursion; ``gather`` the results back.
     """
     import torch
 
     device = rewards.device
-    acc = torch.float64 if device.type == "cpu" else torch.float32
     total = rewards.numel()
-    adv = torch.zeros(total, dtype=torch.float32, device=device)
-    ret = torch.zeros(total, dtype=torch.float32, device=device)
     num_seqs = cu_seqlens.numel() - 1
     if total == 0 or num_seqs == 0:
-        return adv, ret
+        return torch.zeros(total, device=device), torch.zeros(total, device=device)
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    seq_of = torch.repeat_interleave(torch.arange(num_seqs, device=device), lengths, output_size=total)
-    valid = mask.nonzero().squeeze(1)
-    if valid.numel() == 0:
-        return adv, ret
-    seq_valid = seq_of.index_select(0, valid)
-    counts = torch.bincount(seq_valid, minlength=num_seqs)
-    first = torch.cumsum(counts, 0) - counts
-    col = torch.arange(valid.numel(), device=device) - first.index_select(0, seq_valid)
-    width = int(counts.max())
+    width = int(lengths.max())
+    uniform = int(lengths.min()) == width
+    if uniform:  # padded input, or packed with equal lengths: a free view
+        r, v, m = (x.view(num_seqs, width) for x in (rewards, values, mask))
+    else:
+        seq_of = torch.repeat_interleave(torch.arange(num_seqs, device=device), lengths, output_size=total)
+        slot = seq_of * width + torch.arange(total, device=device) - cu_seqlens.long().index_select(0, seq_of)
+        r = torch.zeros(num_seqs * width, device=device).index_copy_(0, slot, rewards).view(num_seqs, width)
+        v = torch.zeros(num_seqs * width, device=device).index_copy_(0, slot, values).view(num_seqs, width)
+        m = torch.zeros(num_seqs * width, dtype=torch.bool, device=device).index_copy_(0, slot, mask)
+        m = m.view(num_seqs, width)
 
-    # Compacted grid: row b holds the valid tokens of sequence b, left-aligned, zeros after.
-    r_grid = torch.zeros(num_seqs, width + 1, dtype=acc, device=device)
-    v_grid = torch.zeros(num_seqs, width + 1, dtype=acc, device=device)
-    r_grid[seq_valid, col] = rewards.index_select(0, valid).to(acc)
-    v_grid[seq_valid, col] = values.index_select(0, valid).to(acc)
-    # The trailing zero column is V_{t'} = 0 for the last valid token of a full row.
-    delta = r_grid[:, :width] + gamma * v_grid[:, 1:] - v_grid[:, :width]
-    a_grid = discounted_reverse_cumsum(delta, gamma * lam)
-    a_valid = a_grid[seq_valid, col]
-    adv[valid] = a_valid.to(torch.float32)
-    ret[valid] = (a_valid + v_grid[seq_valid, col]).to(torch.float32)
-    return adv, ret
+    # Column k (1-based) of the compacted grid holds a row's k-th valid token; skipped tokens
+    # are scattered to the dump column 0. Column width + 1 stays 0: it is V_{t'} = 0 after
+    # the last valid token of a full row.
+    col = torch.cumsum(m, dim=1).mul_(m)
+    r_c = torch.zeros(num_seqs, width + 2, device=device).scatter_(1, col, r)
+    v_c = torch.zeros(num_seqs, width + 2, device=device).scatter_(1, col, v)
+    delta = torch.add(r_c[:, 1 : width + 1], v_c[:, 2:], alpha=gamma).sub_(v_c[:, 1 : width + 1])
+    a_c = torch.empty(num_seqs, width + 2, device=device)
+    a_c[:, 0] = 0.0  # what skipped tokens gather
+    a_c[:, width + 1] = 0.0
+    discounted_reverse_cumsum(delta, gamma * lam, out=a_c[:, 1 : width + 1])
+    adv = a_c.gather(1, col)
+    v_c[:, 0] = 0.0
+    ret = a_c.add_(v_c).gather(1, col)
+    if uniform:
+        return adv.view(-1), ret.view(-1)
+    return adv.view(-1).index_select(0, slot), ret.view(-1).index_select(0, slot)
 
 
-def discounted_reverse_cumsum(x: "torch.Tensor", c: float, block: int = _BLOCK) -> "torch.Tensor":
+def discounted_reverse_cumsum(
+    x: "torch.Tensor", c: float, block: int = _BLOCK, out: "torch.Tensor | None" = None
+) -> "torch.Tensor":
     """``y[:, t] = sum_{j >= t} c**(j - t) * x[:, j]`` along the last dim of ``x [B, L]``.
 
     Blocked: inside each block of ``block`` steps a matmul with the decay matrix, then the
     block totals are combined by the same function (with factor ``c**block``) recursively.
-    Every power is ``c**k`` with ``0 <= k <= block``, so nothing overflows.
+    Every power is ``c**k`` with ``0 <= k <= block``, so nothing overflows. Written into
+    ``out`` (any strides, shape of ``x``) when given.
     """
     import torch
 
     batch, length = x.shape
     if length == 0:
-        return x.clone()
+        return x.clone() if out is None else out
     k = min(block, length)
     steps = torch.arange(k, device=x.device, dtype=x.dtype)
     diff = steps[:, None] - steps[None, :]  # diff[j, i] = j - i
     decay = torch.where(diff >= 0, torch.pow(torch.tensor(c, dtype=x.dtype), diff.clamp_min(0)), 0.0)
     if length <= k:
-        return x @ decay
+        return torch.mm(x, decay) if out is None else out.copy_(torch.mm(x, decay))
     num_blocks = -(-length // k)
     padded = torch.nn.functional.pad(x, (0, num_blocks * k - length)).view(batch, num_blocks, k)
     local = padded @ decay  # [B, nb, k]
@@ -167,8 +176,9 @@ def discounted_reverse_cumsum(x: "torch.Tensor", c: float, block: int = _BLOCK) 
     carry = torch.zeros_like(heads)
     carry[:, :-1] = heads[:, 1:]
     tail = torch.pow(torch.tensor(c, dtype=x.dtype), k - steps)  # c**(k - i): distance to next block
-    out = local + carry[:, :, None] * tail
-    return out.reshape(batch, num_blocks * k)[:, :length]
+    local.addcmul_(carry[:, :, None], tail)
+    result = local.view(batch, num_blocks * k)[:, :length]
+    return result if out is None else out.copy_(result)
 
 
 def _masked_whiten(adv: "torch.Tensor", mask: "torch.Tensor", eps: float = 1e-8) -> "torch.Tensor":

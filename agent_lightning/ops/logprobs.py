@@ -80,6 +80,9 @@ def token_logprobs(
         given, else a :class:`TokenLogprobs`. Logits are accumulated in float32 whatever the
         input dtype (float64 inputs stay float64). Differentiable w.r.t. ``hidden``,
         ``weight`` and ``bias``, with per-token upstream gradients honoured.
+
+    Path (``agent_lightning.ops.dispatch``): the Triton kernel for CUDA tensors, else the
+    chunked torch path; float64 inputs always take the torch path.
     """
     from agent_lightning.ops import dispatch
 
@@ -95,7 +98,14 @@ def token_logprobs(
         h, t = hidden.index_select(0, rows), targets.index_select(0, rows)
 
     path = dispatch.select("token_logprobs", hidden.device.type, IMPLEMENTED)
-    if path == "triton" and out_dtype != torch.float64:
+    if path == "triton" and out_dtype == torch.float64:
+        if dispatch.forced_path() == "triton":
+            raise dispatch.OpsUnavailableError(
+                f"{dispatch.ENV_VAR}=triton for op 'token_logprobs': the Triton kernel takes float32/bf16/fp16 "
+                "inputs, not float64"
+            )
+        path = "torch"  # float64 (tests, references) always takes the exact torch path
+    if path == "triton":
         from agent_lightning.kernels.token_logprobs import triton_token_logprobs
 
         logp, ent = triton_token_logprobs(h, weight, t, bias, float(temperature), return_entropy)
@@ -154,9 +164,8 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         rows, cols = tiling
         acc = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
         inv_t = 1.0 / temperature
-        w = weight.to(acc)
         b = None if bias is None else bias.to(acc) * inv_t
-        n, vocab = hidden.shape[0], w.shape[0]
+        n, vocab = hidden.shape[0], weight.shape[0]
         dev = hidden.device
         logp = torch.empty(n, dtype=acc, device=dev)
         lse = torch.empty(n, dtype=acc, device=dev)
@@ -172,7 +181,8 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             for v0 in range(0, vocab, cols):
                 v1 = min(v0 + cols, vocab)
                 z = _tile(flat, e - s, v1 - v0)
-                _logits_into(z, hs, w[v0:v1], None if b is None else b[v0:v1])
+                # Weight tiles are cast one at a time: no float32 copy of a 16-bit weight.
+                _logits_into(z, hs, weight[v0:v1].to(acc), None if b is None else b[v0:v1])
                 new_max = torch.maximum(run_max, z.amax(dim=1))
                 scale = torch.exp(run_max - new_max)  # 0 on the first tile
                 y = z.sub_(new_max[:, None])
@@ -192,7 +202,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             if want_entropy:
                 ent[s:e] = log_sum - run_ez / run_sum
         # Target logits as row-wise dot products: [N, H] work instead of a gather per tile.
-        z_tgt = (hidden.to(acc) * w.index_select(0, targets)).sum(dim=1) * inv_t
+        z_tgt = (hidden.to(acc) * weight.index_select(0, targets).to(acc)).sum(dim=1) * inv_t
         if b is not None:
             z_tgt += b.index_select(0, targets)
         torch.sub(z_tgt, lse, out=logp)
@@ -211,9 +221,8 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         rows, cols = ctx.tiling
         acc = lse.dtype
         inv_t = 1.0 / ctx.temperature
-        w = weight.to(acc)
         b = None if bias is None else bias.to(acc) * inv_t
-        n, vocab = hidden.shape[0], w.shape[0]
+        n, vocab = hidden.shape[0], weight.shape[0]
         dev = hidden.device
         # Fold 1/T into the upstream gradients: d/dlogits = (d/dz) / T.
         g_lp = (grad_logp.to(acc) if grad_logp is not None else torch.zeros_like(lse)) * inv_t
@@ -221,7 +230,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         g_ent = grad_ent.to(acc) * inv_t if use_ent else None
         h_acc = hidden.to(acc)
         grad_h = torch.zeros(n, hidden.shape[1], dtype=acc, device=dev) if need_h else None
-        grad_w = torch.zeros(vocab, w.shape[1], dtype=acc, device=dev) if need_w else None
+        grad_w = torch.zeros(vocab, weight.shape[1], dtype=acc, device=dev) if need_w else None
         grad_b = torch.zeros(vocab, dtype=acc, device=dev) if need_b else None
         flat = torch.empty(min(rows, n) * cols, dtype=acc, device=dev)
         flat2 = torch.empty_like(flat) if use_ent else None
@@ -230,10 +239,12 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             h = h_acc[s:e]
             hs = h * inv_t
             neg_g = -g_lp[s:e, None]
+            tgt = targets[s:e]
             for v0 in range(0, vocab, cols):
                 v1 = min(v0 + cols, vocab)
                 z = _tile(flat, e - s, v1 - v0)
-                _logits_into(z, hs, w[v0:v1], None if b is None else b[v0:v1])
+                w_tile = weight[v0:v1].to(acc)
+                _logits_into(z, hs, w_tile, None if b is None else b[v0:v1])
                 log_p = z.sub_(lse[s:e, None])
                 if use_ent:
                     p = torch.exp(log_p, out=_tile(flat2, e - s, v1 - v0))
@@ -242,19 +253,17 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                     grad_z = coef.mul_(p).neg_()
                 else:
                     grad_z = log_p.exp_().mul_(neg_g)
+                # The one-hot part of d logprob / d z: + g_lp at (i, target_i) in this tile.
+                hit = ((tgt >= v0) & (tgt < v1)).nonzero().squeeze(1)
+                if hit.numel():
+                    idx = (hit, tgt.index_select(0, hit) - v0)
+                    grad_z.index_put_(idx, grad_z[idx] - neg_g.squeeze(1).index_select(0, hit))
                 if need_h:
-                    grad_h[s:e].addmm_(grad_z, w[v0:v1])
+                    grad_h[s:e].addmm_(grad_z, w_tile)
                 if need_w:
                     grad_w[v0:v1].addmm_(grad_z.t(), h)
                 if need_b:
                     grad_b[v0:v1] += grad_z.sum(dim=0)
-        # The one-hot part of d logprob / d z: g_lp at (i, target_i).
-        if need_h:
-            grad_h.addcmul_(w.index_select(0, targets), g_lp[:, None])
-        if need_w:
-            grad_w.index_add_(0, targets, h_acc * g_lp[:, None])
-        if need_b:
-            grad_b.index_add_(0, targets, g_lp)
         return (
             grad_h.to(hidden.dtype) if need_h else None,
             grad_w.to(weight.dtype) if need_w else None,

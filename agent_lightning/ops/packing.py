@@ -200,9 +200,7 @@ def partition_microbatches_ref(lengths: "torch.Tensor | Sequence[int]", token_bu
             if placed is not None:
                 bins = placed
                 break
-        else:  # pragma: no cover - the loop reaches k = len(ffd), where LPT may still fail
-            bins = ffd
-        if not bins:
+        else:  # least-loaded placement can fail where first-fit-decreasing succeeds
             bins = ffd
     result = [sorted(b) for b in bins if b] + oversized
     result.sort(key=lambda b: b[0])

@@ -62,6 +62,8 @@ class SandboxResult:
             two are certain.
         backend: ``"bwrap"``, ``"unshare"`` or ``"unsafe"``.
         duration_s: Wall-clock seconds from start to the last process gone.
+        uid: The throw-away uid the program ran as when the caller is root (no process
+            of it is left when ``run_python`` returns), else ``None``.
     """
 
     stdout: str
@@ -71,6 +73,7 @@ class SandboxResult:
     stopped_reason: str | None
     backend: str
     duration_s: float
+    uid: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -220,10 +223,9 @@ def _pick_uid() -> int:
 def _prepare(run_dir: str, files: Mapping[str, FileContent], backend: str, uid: int | None) -> _b.RunPaths:
     names = []
     for name in files:
-        norm = os.path.normpath(name)
-        if (not isinstance(name, str) or not name or os.path.isabs(name) or norm.startswith("..")
-                or norm != name or "\0" in name):
-            raise ValueError(f"run_python: bad file name {name!r} (want a relative path without '..')")
+        if (not isinstance(name, str) or not name or "\0" in name or os.path.isabs(name)
+                or os.path.normpath(name) != name or name.split("/")[0] == ".."):
+            raise ValueError(f"run_python: bad file name {name!r} (want a normalised relative path like 'data/x.txt')")
         names.append(name)
     paths = _b.RunPaths(run_dir=run_dir, ctl_dir=os.path.join(run_dir, "ctl"),
                         files_dir=os.path.join(run_dir, "files"), root_dir=os.path.join(run_dir, "root"),
@@ -309,7 +311,7 @@ def _execute(cmd: list[str], backend: str, uid: int | None, timeout_s: float,
     if reason is None:
         reason = _infer_reason(code, stderr)
     return SandboxResult(stdout=stdout, stderr=stderr, exit_code=code, timed_out=reason == "timeout",
-                         stopped_reason=reason, backend=backend, duration_s=duration)
+                         stopped_reason=reason, backend=backend, duration_s=duration, uid=uid)
 
 
 def _infer_reason(code: int, stderr: str) -> str | None:

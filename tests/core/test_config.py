@@ -22,6 +22,14 @@ def test_quickstart_preset_loads_and_overrides_parse_as_yaml():
     assert config.sampling.temperature == 0.7
 
 
+def test_choosing_another_component_drops_the_old_components_options():
+    data = apply_overrides({"environment": {"name": "guess-number", "max_number": 10}},
+                           ["environment.name=countdown", "environment.max_start=4"])
+    assert data["environment"] == {"name": "countdown", "max_start": 4}
+    kept = apply_overrides({"environment": {"name": "guess-number", "max_number": 10}}, ["environment.name=guess-number"])
+    assert kept["environment"] == {"name": "guess-number", "max_number": 10}
+
+
 def test_override_creates_nested_sections_and_rejects_bad_forms():
     data = apply_overrides({}, ["a.b.c=1", "a.d=[x, y]"])
     assert data == {"a": {"b": {"c": 1}, "d": ["x", "y"]}}
@@ -68,7 +76,7 @@ def _cli(alightning, cli_env, tmp_path, *args):
     "args, expected",
     [
         (["trainer.stepz=1"], "error: unknown key 'trainer.stepz'"),
-        (["environment.name=guess-numbr"], "error: environment.name: unknown environment 'guess-numbr' (known: guess-number); did you mean 'guess-number'?"),
+        (["environment.name=guess-numbr"], "error: environment.name: unknown environment 'guess-numbr' (known: code, guess-number, tool-use, web); did you mean 'guess-number'?"),
         (["reward.name=exactmatch"], "error: reward.name: unknown reward 'exactmatch'"),
         (["algorithm.clip_lo=0.1"], "error: unknown key 'algorithm.clip_lo' (allowed:"),
         (["algorithm.group_size=zero"], "error: invalid value 'zero' for 'algorithm.group_size'"),

@@ -22,9 +22,9 @@ def binary_search(max_number):
     def policy(history):
         low, high = 1, max_number
         for guess, hint in history:
-            if hint == "higher":
+            if hint == f"higher than {guess}":
                 low = guess + 1
-            elif hint == "lower":
+            elif hint == f"lower than {guess}":
                 high = guess - 1
         return (low + high) // 2
 
@@ -35,8 +35,8 @@ def test_feedback_and_success():
     env = GuessNumberEnv(max_number=10, max_turns=5)
     task = env.tasks("train")[6]  # secret 7
     env.reset(task)
-    assert env.step("3").observation.messages[0]["content"] == "higher"
-    assert env.step("9").observation.messages[0]["content"] == "lower"
+    assert env.step("3").observation.messages[0]["content"] == "higher than 3"
+    assert env.step("9").observation.messages[0]["content"] == "lower than 9"
     bad = env.step("banana")
     assert bad.info["invalid"] == 1.0 and "invalid" in bad.observation.messages[0]["content"]
     win = env.step("i guess 7")

@@ -122,20 +122,14 @@ found = []
 for root in ('/sandbox', '/tmp', '/.alightning', '/home', '/etc', '/var'):
     for dirpath, dirs, files in os.walk(root):
         for f in files:
+            path = os.path.join(dirpath, f)
             try:
-                if '"expected"' in open(os.path.join(dirpath, f), errors='ignore').read(100000):
-                    found.append(os.path.join(dirpath, f))
+                if path != '/sandbox/solution.py' and '"expected"' in open(path, errors='ignore').read(100000):
+                    found.append(path)
             except Exception:
                 pass
-for path in ('/proc/self/environ', '/proc/1/environ', '/proc/1/cmdline'):
-    try:
-        if b'expected' in open(path, 'rb').read():
-            found.append(path)
-    except Exception:
-        pass
-print('found', found)
 def two_sum_indices(nums, target):
-    return found
+    return {"found": found}
 """,
 }
 
@@ -155,6 +149,44 @@ def test_grader_hack_earns_nothing(name):
     report = run_function_tests(HACKS[name], TASK, _cases())
     assert report.passed == 0, (name, report.outcomes)
     assert report.fraction == 0.0
+
+
+HUNT = r"""
+import os, re
+CANARY = re.compile(r"alr-expected-[0-9a-f]{16}")
+def f(x):
+    texts = [repr(dict(os.environ))]
+    for path in ('/proc/self/environ', '/proc/self/cmdline', '/proc/1/environ', '/proc/1/cmdline'):
+        try:
+            texts.append(open(path, 'rb').read().decode('latin-1'))
+        except OSError:
+            pass
+    for root in ('/', ):
+        for dirpath, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in ('/usr', '/proc', '/sys', '/dev', '/root')]
+            for name in files:
+                try:
+                    texts.append(open(os.path.join(dirpath, name), 'rb').read(1 << 20).decode('latin-1'))
+                except OSError:
+                    pass
+    for text in texts:
+        m = CANARY.search(text)
+        if m:
+            return m.group()
+    return "nothing"
+"""
+
+
+def test_expected_values_never_enter_the_sandbox():
+    """A program that searches everything it can see for the expected value finds nothing."""
+    import secrets
+
+    canary = "alr-expected-" + secrets.token_hex(8)
+    report = run_function_tests(HUNT, "f", [TestCase(["alr-expected-input"], canary)])
+    assert report.passed == 0
+    assert report.outcomes[0].detail == 'wrong answer: got "nothing"'
+    leaky = run_function_tests(HUNT, "f", [TestCase([canary], canary)])  # the hunt works when it can see it
+    assert leaky.passed == 1
 
 
 def test_hack_through_the_environment_gets_zero_reward():

@@ -101,7 +101,7 @@ def test_pick_task_errors_name_the_task():
 def test_smollm2_tool_use_preset_builds_its_environment_and_reward():
     from agent_lightning.config import load_config
     from agent_lightning.rewards import composite, env_rewards, matching
-    from agent_lightning.types import Task, Trajectory, Turn
+    from agent_lightning.types import Trajectory, Turn
 
     config = load_config("smollm2-tool-use")
     assert config.model.gguf_file.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and config.model.lora.r == 16

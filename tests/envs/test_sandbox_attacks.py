@@ -1,9 +1,9 @@
 """The sandbox attack corpus: each attack must be contained, leaving no process behind.
 
 Every attack runs under each isolating backend that works on this machine (bubblewrap,
-util-linux unshare). After each run we look for leftovers: any process of a sandbox uid
-(runs as root use throw-away uids in ``runner._UID_RANGE``), any bwrap/unshare process,
-any process whose command line mentions a sandbox path.
+util-linux unshare). After each run we look for leftovers: any process of the run's
+throw-away uid (runs as root get a fresh uid each) and any new zombie bwrap, unshare or
+python process (an orphan that nobody reaps).
 """
 
 from __future__ import annotations
@@ -37,34 +37,46 @@ def test_an_isolating_backend_is_available():
     assert available_backend() in ISOLATING
 
 
-def _sandbox_processes() -> list[str]:
-    """Descriptions of live (or zombie) processes that belong to a sandbox run."""
-    lo, hi = runner._UID_RANGE
-    found = []
+def _processes() -> dict[int, tuple[int, str, str, str]]:
+    """pid -> (uid, name, state, command line) of every process now."""
+    out = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+        if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/status") as fh:
-                status = fh.read()
+                fields = dict(line.split(":", 1) for line in fh.read().splitlines() if ":" in line)
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
                 cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        uid = int(fields["Uid"].split()[0])
-        name = fields["Name"].strip()
-        if (lo <= uid < hi or name in ("bwrap", "unshare")
-                or any(m in cmdline for m in ("/sandbox/main.py", "/.alightning/", "alightning-sbx-"))):
-            found.append(f"pid {entry} uid {uid} {name} {fields['State'].strip()} {cmdline[:80]!r}")
+        out[int(entry)] = (int(fields["Uid"].split()[0]), fields["Name"].strip(), fields["State"].strip(), cmdline)
+    return out
+
+
+def _leftovers(result, before: dict) -> list[str]:
+    """Processes this run left behind: any of its uid, any new zombie of the tools involved.
+
+    Scoped to this run (not every sandbox uid) so that sandboxes run by a concurrent test
+    session on the same machine are not mistaken for ours.
+    """
+    found = []
+    for pid, (uid, name, state, cmdline) in _processes().items():
+        ours = result.uid is not None and uid == result.uid
+        new_zombie = state.startswith("Z") and name in ("bwrap", "unshare", "python3", "python3.11") and pid not in before
+        if ours or new_zombie:
+            found.append(f"pid {pid} uid {uid} {name} {state} {cmdline[:80]!r}")
     return found
 
 
 def _run(source: str, backend: str, **kw):
     kw.setdefault("timeout_s", 3)
     kw.setdefault("memory_mb", 128)
+    before = _processes()
     result = run_python(source, backend=backend, **kw)
-    assert _sandbox_processes() == [], "leftover processes right after the run"
+    if os.geteuid() == 0:
+        assert result.uid is not None
+    assert _leftovers(result, before) == [], "leftover processes right after the run"
     return result
 
 
@@ -210,10 +222,11 @@ if os.fork() == 0:
     os._exit(0)
 print("parent exits")
 """
+    before = _processes()
     result = _run(source, backend)
     assert result.exit_code == 0 and result.stdout == "parent exits\n"
     time.sleep(1.0)
-    assert _sandbox_processes() == []
+    assert _leftovers(result, before) == []
     leftovers = []
     for entry in os.listdir("/proc"):
         try:
@@ -258,3 +271,37 @@ def test_bad_arguments_name_the_culprit():
         run_python("pass", timeout_s=1, memory_mb=4)
     with pytest.raises(ValueError, match="bad file name"):
         run_python("pass", timeout_s=1, memory_mb=128, files={"../x": "y"})
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another uid")
+def test_the_leftover_check_sees_a_stray_process():
+    import subprocess
+    import types
+
+    uid = runner._pick_uid()
+    before = _processes()
+    stray = subprocess.Popen(["sleep", "30"], user=uid, group=uid)
+    try:
+        time.sleep(0.1)
+        assert any(f"pid {stray.pid} " in line for line in _leftovers(types.SimpleNamespace(uid=uid), before))
+    finally:
+        stray.kill()
+        stray.wait()
+    assert _leftovers(types.SimpleNamespace(uid=uid), before) == []
+
+
+def test_concurrent_runs_from_threads_are_isolated(backend):
+    """Environments step in a thread pool: sandboxes started at once must not interfere."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = "import os, sys\nopen('/tmp/mine', 'w').write(sys.argv[0])\nprint(os.getuid(), sorted(os.listdir('/tmp')))\n"
+    before = _processes()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: run_python(source, timeout_s=10, memory_mb=128, backend=backend), range(8)))
+    assert [r.exit_code for r in results] == [0] * 8
+    assert all(r.stdout.split(" ", 1)[1] == "['mine']\n" for r in results)  # private /tmp each
+    if os.geteuid() == 0:
+        assert len({r.uid for r in results}) == 8
+        assert {r.stdout.split()[0] for r in results} == {str(r.uid) for r in results}
+    for r in results:
+        assert _leftovers(r, before) == []

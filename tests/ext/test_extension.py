@@ -44,6 +44,8 @@ def test_pack_lengths(lengths):
 @given(lengths=lengths_st, seed=st.integers(0, 2**16), dtype=st.sampled_from(DTYPES),
        trailing=st.sampled_from([(), (1,), (3,), (2, 3), (5, 7)]), pad=st.sampled_from([0, 1, -3]))
 def test_pack_unpack_pad_unpad(lengths, seed, dtype, trailing, pad):
+    if dtype in (torch.uint8, torch.bool):
+        pad = abs(pad) % 2 if dtype == torch.bool else abs(pad)  # representable in the dtype
     g = torch.Generator().manual_seed(seed)
     seqs = [random_tensor((n, *trailing), dtype, g) for n in lengths]
     flat, cu = C.pack(seqs)

@@ -98,8 +98,22 @@ def test_triton_partial_tiles(impl_device):
 
     gen = torch.Generator().manual_seed(4)
     hidden, weight, b, targets = _leaves(gen, 21, 20, 83, bias=True, device=device)
-    lp, ent = triton_token_logprobs(hidden, weight, targets, b, 1.3, True, dict(BLOCK_N=16, BLOCK_V=16, BLOCK_H=16))
+    blocks = dict(BLOCK_N=16, BLOCK_V=16, BLOCK_H=16, SLAB_V=32, CHUNK_N=7)  # 3 slabs x 3 chunks
+    lp, ent = triton_token_logprobs(hidden, weight, targets, b, 1.3, True, blocks)
     _check_against_reference(hidden, weight, b, targets, TokenLogprobs(lp, ent, None), 1.3, gen)
+
+
+@pytest.mark.parametrize("impl_device", [p for p in IMPLS if p.values[0][0] == "triton"])
+def test_triton_bf16_weight_gradient_slabs(impl_device):
+    """16-bit weights: the float32 slab accumulator is used and copied slab by slab."""
+    from agent_lightning.kernels.token_logprobs import triton_token_logprobs
+
+    device = impl_device[1]
+    gen = torch.Generator().manual_seed(14)
+    hidden, weight, _, targets = _leaves(gen, 40, 32, 150, dtype=torch.bfloat16, device=device)
+    blocks = dict(BLOCK_N=16, BLOCK_V=32, BLOCK_H=16, SLAB_V=64, CHUNK_N=16)
+    lp, ent = triton_token_logprobs(hidden, weight, targets, None, 0.9, True, blocks)
+    _check_against_reference(hidden, weight, None, targets, TokenLogprobs(lp, ent, None), 0.9, gen)
 
 
 @pytest.mark.parametrize("impl_device", IMPLS)
