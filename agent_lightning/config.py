@@ -58,6 +58,7 @@ class ModelConfig(_Strict):
 class BackendConfig(_Strict):
     name: str = "transformers"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; null: torch's default")
     options: dict[str, Any] = Field(default_factory=dict)
 
 

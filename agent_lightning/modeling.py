@@ -39,6 +39,7 @@ PACKED_ATTENTION = "al_packed"
 _lock = threading.Lock()
 _registered = False
 
+
 def causal_lm(model: Any) -> Any:
     """The transformers causal LM inside ``model`` (a ``PeftModel`` is unwrapped, LoRA layers stay active)."""
     get_base = getattr(model, "get_base_model", None)

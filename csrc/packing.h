@@ -114,10 +114,10 @@ std::vector<Tensor> unpack(const Tensor& flat, const Tensor& cu_seqlens) {
   const Tensor cu = checked_cu(cu_seqlens, flat.size(0), op);
   const std::vector<int64_t> off = host_offsets(cu);
   TORCH_CHECK(off.back() == flat.size(0), op, ": cu_seqlens[-1]=", off.back(), " but flat has ", flat.size(0), " rows");
-  std::vector<Tensor> out;
-  out.reserve(off.size() - 1);
-  for (size_t b = 0; b + 1 < off.size(); ++b) out.push_back(flat.narrow(0, off[b], off[b + 1] - off[b]));
-  return out;
+  std::vector<int64_t> sizes(off.size() - 1);
+  for (size_t b = 0; b + 1 < off.size(); ++b) sizes[b] = off[b + 1] - off[b];
+  // One split_with_sizes dispatch (views); a narrow() per sequence costs a full dispatch each.
+  return flat.split_with_sizes(sizes, 0).vec();
 }
 
 Tensor pad_packed(const Tensor& flat_in, const Tensor& cu_seqlens, double pad_value) {

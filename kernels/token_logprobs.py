@@ -35,16 +35,16 @@ CHUNK_N = 4096
 @triton.jit
 def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                 PRECISION: tl.constexpr):
+                 PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
     for h0 in range(0, H, BLOCK_H):
         hk = h0 + tl.arange(0, BLOCK_H)
         hk_ok = hk < H
         a = tl.load(h_ptr + rows[:, None] * stride_h + hk[None, :], mask=row_ok[:, None] & hk_ok[None, :], other=0.0)
         b = tl.load(w_ptr + cols[None, :] * stride_w + hk[:, None], mask=col_ok[None, :] & hk_ok[:, None], other=0.0)
-        if PRECISION == "interpret":  # the interpreter cannot multiply bf16 (numpy has none)
+        if UPCAST:  # the interpreter cannot multiply bf16 (numpy has none)
             a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision="ieee" if PRECISION == "interpret" else PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     return acc
 
 
@@ -53,7 +53,7 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, logp_ptr, lse_ptr, ent_ptr,
                 N, V, H, stride_h, stride_w, inv_t,
                 HAS_BIAS: tl.constexpr, WANT_ENT: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                PRECISION: tl.constexpr):
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=0)
@@ -65,7 +65,7 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, logp_ptr, lse_ptr, ent_ptr,
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
         z = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
-                         BLOCK_N, BLOCK_V, BLOCK_H, PRECISION) * inv_t
+                         BLOCK_N, BLOCK_V, BLOCK_H, PRECISION, UPCAST) * inv_t
         if HAS_BIAS:
             z += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :] * inv_t
         z = tl.where(col_ok[None, :], z, float("-inf"))
@@ -93,7 +93,7 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, g_lp_ptr
                         row0, N, col0, V, H, stride_h, stride_w, stride_out, inv_t,
                         HAS_BIAS: tl.constexpr, USE_ENT: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                        PRECISION: tl.constexpr):
+                        PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     local = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = row0 + local
     row_ok = rows < N
@@ -101,7 +101,7 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, g_lp_ptr
     cols = col0 + local_cols
     col_ok = cols < V  # V here is the end of this slab of the vocabulary
     z = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
-                     BLOCK_N, BLOCK_V, BLOCK_H, PRECISION) * inv_t
+                     BLOCK_N, BLOCK_V, BLOCK_H, PRECISION, UPCAST) * inv_t
     if HAS_BIAS:
         z += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :] * inv_t
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
@@ -123,7 +123,7 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, g_lp_ptr
 @triton.jit
 def _accumulate_at_b_kernel(a_ptr, b_ptr, c_ptr, M, K, Nc, stride_a, stride_b, stride_c,
                             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_NC: tl.constexpr,
-                            PRECISION: tl.constexpr):
+                            PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """``C[M, Nc] (float32) += A[K, M].T @ B[K, Nc]``."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(1) * BLOCK_NC + tl.arange(0, BLOCK_NC)
@@ -135,9 +135,9 @@ def _accumulate_at_b_kernel(a_ptr, b_ptr, c_ptr, M, K, Nc, stride_a, stride_b, s
         k_ok = ks < K
         a = tl.load(a_ptr + ks[None, :] * stride_a + offs_m[:, None], mask=k_ok[None, :] & m_ok[:, None], other=0.0)
         b = tl.load(b_ptr + ks[:, None] * stride_b + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        if PRECISION == "interpret":
+        if UPCAST:
             a, b = a.to(tl.float32), b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision="ieee" if PRECISION == "interpret" else PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
     c_ptrs = c_ptr + offs_m[:, None] * stride_c + offs_n[None, :]
     ok = m_ok[:, None] & n_ok[None, :]
     tl.store(c_ptrs, tl.load(c_ptrs, mask=ok, other=0.0) + acc, mask=ok)
@@ -155,12 +155,13 @@ def _blocks(hidden_dim: int) -> dict:
     return dict(tiles, SLAB_V=slab_v, CHUNK_N=CHUNK_N)
 
 
-def _precision(dtype: torch.dtype) -> str:
-    """``tl.dot`` input precision: IEEE for float32 (no TF32); for 16-bit inputs the value is
-    ignored by Triton. ``"interpret"`` makes the kernels upcast tiles to float32 first."""
+def _precision(dtype: torch.dtype) -> dict:
+    """``tl.dot`` settings: IEEE float32 for float32 inputs (no TF32; for 16-bit inputs the
+    precision argument is unused). Under the interpreter, which cannot multiply bf16, tiles
+    are upcast to float32 first (``UPCAST``) — exact, since bf16 products fit in float32."""
     if os.environ.get("TRITON_INTERPRET") == "1":
-        return "interpret"
-    return "ieee" if dtype == torch.float32 else "tf32"
+        return dict(PRECISION="ieee", UPCAST=True)
+    return dict(PRECISION="ieee" if dtype == torch.float32 else "tf32", UPCAST=False)
 
 
 def _accumulate_blocks() -> tuple[int, int, int]:
@@ -184,7 +185,8 @@ class _TritonTokenLogprobs(torch.autograd.Function):
                 hidden, weight, bias if bias is not None else hidden, targets, logp, lse,
                 ent if want_entropy else lse,
                 n, vocab, hdim, hidden.stride(0), weight.stride(0), 1.0 / temperature,
-                HAS_BIAS=bias is not None, WANT_ENT=want_entropy, PRECISION=precision, **blocks,
+                HAS_BIAS=bias is not None, WANT_ENT=want_entropy, **precision,
+                BLOCK_N=blocks["BLOCK_N"], BLOCK_V=blocks["BLOCK_V"], BLOCK_H=blocks["BLOCK_H"],
             )
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
         ctx.temperature, ctx.want_entropy, ctx.blocks = temperature, want_entropy, blocks
@@ -234,7 +236,7 @@ class _TritonTokenLogprobs(torch.autograd.Function):
                     hidden, weight, bias if bias is not None else hidden, targets, lse,
                     ent if use_ent else lse, g_lp, g_ent, tile,
                     s, e, v0, v1, hdim, hidden.stride(0), weight.stride(0), tile.stride(0), inv_t,
-                    HAS_BIAS=bias is not None, USE_ENT=use_ent, PRECISION=precision,
+                    HAS_BIAS=bias is not None, USE_ENT=use_ent, **precision,
                     BLOCK_N=blocks["BLOCK_N"], BLOCK_V=blocks["BLOCK_V"], BLOCK_H=blocks["BLOCK_H"],
                 )
                 if need_h:
@@ -243,7 +245,7 @@ class _TritonTokenLogprobs(torch.autograd.Function):
                     _accumulate_at_b_kernel[(triton.cdiv(width, acc_m), triton.cdiv(hdim, acc_n))](
                         tile, hidden[s:e], gw, width, rows, hdim,
                         tile.stride(0), hidden.stride(0), gw.stride(0),
-                        BLOCK_M=acc_m, BLOCK_K=acc_k, BLOCK_NC=acc_n, PRECISION=precision,
+                        BLOCK_M=acc_m, BLOCK_K=acc_k, BLOCK_NC=acc_n, **precision,
                     )
                 if need_b:
                     grad_b[v0:v1] += tile.sum(dim=0, dtype=torch.float32)

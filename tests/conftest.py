@@ -11,6 +11,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    """The suite's models are tiny: one intra-op thread each is fastest, and keeps two
+    cores free of oversubscription when subprocesses run beside the test process."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def tiny_config_data(**sections):
     """A quickstart-shaped config small enough for a test (a few seconds per step)."""
     data = {

@@ -113,6 +113,8 @@ class TransformersBackend:
 
         if backend_config.options:
             raise ValueError(f"backend.options: the transformers backend takes none (got {sorted(backend_config.options)})")
+        if backend_config.threads:
+            torch.set_num_threads(backend_config.threads)
         self.device = torch.device(_resolve_device(backend_config.device))
         model, tokenizer = load_model_and_tokenizer(model_config, seed)
         if model_config.preset and model_config.dtype != "float32":
@@ -126,7 +128,10 @@ class TransformersBackend:
         self.stop_ids = self.chat.stop_token_ids()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        from agent_lightning.modeling import causal_lm
+
+        # transformers 5.x renamed past_key_values to cache; ask the causal LM (not a peft wrapper).
+        self._cache_kw = "cache" if "cache" in inspect.signature(causal_lm(self.model).forward).parameters else "past_key_values"
         self._reference: Any = None
         self.optimizer: Any = None
         self.scheduler: Any = None

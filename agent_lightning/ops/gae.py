@@ -132,7 +132,7 @@ def gae_packed_torch(
     # Column k (1-based) of the compacted grid holds a row's k-th valid token; skipped tokens
     # are scattered to the dump column 0. Column width + 1 stays 0: it is V_{t'} = 0 after
     # the last valid token of a full row.
-    col = torch.cumsum(m, dim=1).mul_(m)
+    col = torch.cumsum(m, dim=1).masked_fill_(~m, 0)
     r_c = torch.zeros(num_seqs, width + 2, device=device).scatter_(1, col, r)
     v_c = torch.zeros(num_seqs, width + 2, device=device).scatter_(1, col, v)
     delta = torch.add(r_c[:, 1 : width + 1], v_c[:, 2:], alpha=gamma).sub_(v_c[:, 1 : width + 1])

@@ -27,9 +27,11 @@ import torch
 
 IMPLEMENTED = ("triton",)
 # Torch path tiling: token chunks of CHUNK_ROWS rows, vocab tiles sized so one float32
-# [CHUNK_ROWS, tile] logits tile is TILE_BYTES (cache-sized; see benchmarks/bench_logprobs.py).
-CHUNK_ROWS = 1024
-TILE_BYTES = 8 * 1024 * 1024
+# [CHUNK_ROWS, tile] logits tile is TILE_BYTES. Tiles this big keep the matmuls efficient and
+# the number of (multi-threaded) ops per call small; 1/8 of the tile sizes measured the same on
+# one thread and slower on two (benchmarks/bench_logprobs.py, shared 2-core machine).
+CHUNK_ROWS = 4096
+TILE_BYTES = 32 * 1024 * 1024
 _MIN_TILE = 128
 
 

@@ -34,3 +34,21 @@ def impl_params(triton: bool = True) -> list:
                 )
             )
     return params
+
+
+def compile_kernels_for_cuda(*names: str) -> None:
+    """Compile the named kernels for sm_90 in a fresh process without ``TRITON_INTERPRET``
+    (see ``_compile_kernels.py``); fails the test on a compile error, skips it when this
+    Triton cannot target CUDA on this machine."""
+    import subprocess
+    import sys
+
+    if not HAS_TRITON:
+        pytest.skip("triton not installed")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_compile_kernels.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, script, *names], capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode == 3:
+        pytest.skip(proc.stdout.strip() or proc.stderr.strip()[-500:])
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from _kernel_params import impl_params
+from _kernel_params import compile_kernels_for_cuda, impl_params
 from agent_lightning.ops import dispatch, gae
 
 
@@ -166,3 +166,7 @@ def test_bad_inputs_name_the_problem():
         gae(x, x, x.bool(), gamma=1.0, lam=1.0, cu_seqlens=torch.tensor([0, 4, 3, 6]))
     with pytest.raises(ValueError, match=r"\[B, T\]"):
         gae(x, x, x.bool(), gamma=1.0, lam=1.0)
+
+
+def test_triton_kernel_compiles_for_cuda():
+    compile_kernels_for_cuda("gae")

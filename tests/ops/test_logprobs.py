@@ -6,7 +6,7 @@ The reference materialises the full float64 logits and differentiates with autog
 import pytest
 import torch
 
-from _kernel_params import impl_params
+from _kernel_params import compile_kernels_for_cuda, impl_params
 from agent_lightning.ops import kl_penalty, token_logprobs
 from agent_lightning.ops.logprobs import TokenLogprobs, chunked_token_logprobs
 
@@ -253,3 +253,8 @@ def test_bad_inputs_name_the_culprit():
         token_logprobs(h, w, torch.zeros(4, dtype=torch.long), temperature=0.0)
     with pytest.raises(ValueError, match="mask"):
         token_logprobs(h, w, torch.zeros(4, dtype=torch.long), mask=torch.ones(3, dtype=torch.bool))
+
+
+def test_triton_kernels_compile_for_cuda():
+    """The compiled (non-interpreted) kernels lower to sm_90 code, in float32 and bf16."""
+    compile_kernels_for_cuda("fwd_fp32", "grad_fp32", "acc_fp32", "fwd_bf16", "grad_bf16", "acc_bf16")
