@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,12 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
         if source is not None:
             overrides.insert(0, source) if "=" in source else None
-        config = validate(apply_overrides(read_yaml(str(run_dir / "config.yaml")), overrides))
+        import os
+
+        from agent_lightning.config import env_overrides
+
+        data = apply_overrides(read_yaml(str(run_dir / "config.yaml")), env_overrides(os.environ))
+        config = validate(apply_overrides(data, overrides))
     else:
         config = load_config(source, overrides)
         if args.output_dir:
@@ -62,6 +68,28 @@ def _run(args: argparse.Namespace) -> int:
         summary += f"; held-out success {last:.2f}"
     print(summary)
     print(f"run directory: {run_dir}", flush=True)
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    import os
+
+    import yaml
+
+    from agent_lightning.config import explain, passthrough_environment
+
+    positional = list(args.config_and_overrides)
+    source = positional.pop(0) if positional and "=" not in positional[0] else None
+    rows = explain(source, positional)
+    width = max(len(f"{path}: {yaml.safe_dump(value, default_flow_style=True).strip()}") for path, value, _ in rows)
+    for path, value, where in rows:
+        text = f"{path}: {yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix(chr(10) + '...')}"
+        print(f"{text:<{width}}  # {where}")
+    passthrough = passthrough_environment(os.environ)
+    if passthrough:
+        print("# tracker environment (passed through; secrets masked):")
+        for key, value in passthrough.items():
+            print(f"#   {key}={value}")
     return 0
 
 
@@ -125,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="alightning", description="Train LLM agents with reinforcement learning.")
     parser.add_argument("--version", action="version", version=f"agent-lightning {__version__}")
-    parser.add_argument("--log-level", default="WARNING", help="Python logging level (default: WARNING)")
+    parser.add_argument("--log-level", default=os.environ.get("ALIGHTNING_LOG_LEVEL", "WARNING"),
+                        help="Python logging level (default: $ALIGHTNING_LOG_LEVEL or WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="train (with no config: the packaged quickstart)")
@@ -136,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser("plugins", help="list every registered component and where it came from")
     plugins.set_defaults(handler=_plugins)
+
+    config = sub.add_parser("config", help="inspect configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="the fully resolved config and where each value came from")
+    show.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG|PRESET] [key.path=value ...]")
+    show.set_defaults(handler=_config_show)
 
     envs = sub.add_parser("envs", help="list environments with a description and their task counts")
     envs.set_defaults(handler=_envs)

@@ -247,10 +247,92 @@ def validate(data: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(first + more) from None
 
 
-def load_config(source: str | None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Config file or preset (default ``quickstart``) plus command-line overrides."""
+ENV_OVERRIDES: dict[str, str] = {
+    "ALIGHTNING_OUTPUT_DIR": "trainer.output_dir",
+    "ALIGHTNING_STEPS": "trainer.steps",
+    "ALIGHTNING_SEED": "trainer.seed",
+    "ALIGHTNING_EVAL_EVERY": "trainer.eval_every",
+    "ALIGHTNING_CHECKPOINT_EVERY": "trainer.checkpoint_every",
+    "ALIGHTNING_TRACKERS": "trackers",
+    "ALIGHTNING_DEVICE": "backend.device",
+    "ALIGHTNING_THREADS": "backend.threads",
+    "ALIGHTNING_MODEL": "model.name_or_path",
+}
+"""Environment variables that set config keys (between the config file and the command line)."""
+
+PASSTHROUGH_PREFIXES = ("WANDB_", "MLFLOW_")
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+
+
+def env_overrides(environ: Mapping[str, str]) -> list[str]:
+    """``key.path=value`` overrides from ``ALIGHTNING_*`` variables (``ALIGHTNING_TRACKERS``
+    also takes a comma list: ``console,jsonl``)."""
+    out = []
+    for var, path in ENV_OVERRIDES.items():
+        value = environ.get(var)
+        if value is None or value == "":
+            continue
+        if var == "ALIGHTNING_TRACKERS" and not value.lstrip().startswith("["):
+            value = "[" + value + "]"
+        out.append(f"{path}={value}")
+    return out
+
+
+def passthrough_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``WANDB_*`` / ``MLFLOW_*`` variables the trackers read, with secrets masked."""
+    shown = {}
+    for key in sorted(environ):
+        if key.startswith(PASSTHROUGH_PREFIXES):
+            secret = any(marker in key for marker in SECRET_MARKERS)
+            shown[key] = "***" if secret else environ[key]
+    return shown
+
+
+def load_config(source: str | None, overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> RunConfig:
+    """Config file or preset (default ``quickstart``), then ``ALIGHTNING_*`` environment
+    variables, then command-line overrides (command line > environment > file > defaults)."""
+    import os
+
     data = read_yaml(source or "quickstart")
+    data = apply_overrides(data, env_overrides(os.environ if environ is None else environ))
     return validate(apply_overrides(data, overrides))
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def explain(source: str | None, overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> list[tuple[str, Any, str]]:
+    """``(key path, value, where it came from)`` for every resolved value: ``command line``,
+    ``env ALIGHTNING_X``, ``file <path>`` or ``default``."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    config = load_config(source, overrides, environ)
+    file_leaves = _leaves(read_yaml(source or "quickstart"))
+    env_paths = {path: var for var, path in ENV_OVERRIDES.items() if environ.get(var)}
+    cli_paths = [item.partition("=")[0].strip() for item in overrides]
+    origin = f"file {source}" if source else "preset quickstart"
+    rows = []
+    for path, value in _leaves(config.to_dict()).items():
+        def covers(prefix: str) -> bool:
+            return path == prefix or path.startswith(prefix + ".")
+
+        if any(covers(p) for p in cli_paths):
+            where = "command line"
+        elif any(covers(p) for p in env_paths):
+            where = "env " + next(var for p, var in env_paths.items() if covers(p))
+        elif path in file_leaves or any(path.startswith(k + ".") for k in file_leaves):
+            where = origin
+        else:
+            where = "default"
+        rows.append((path, value, where))
+    return rows
 
 
 def dump_yaml(config: RunConfig) -> str:

@@ -24,6 +24,8 @@ CUDA it is ``max_memory_allocated`` above the memory allocated before the call.
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -61,9 +63,7 @@ def availability(method: str, device: str) -> str | None:
     if method == "liger":
         if device != "cuda":
             return "Liger-Kernel runs on CUDA only"
-        try:
-            import liger_kernel  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("liger_kernel") is None:
             return "liger-kernel not installed"
     return None
 
@@ -163,7 +163,7 @@ def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     parser.add_argument("--shapes", default=None, help="N,H,V,dtype;... (default: the issue's shapes for the device)")
-    parser.add_argument("--worker", help=argparse_hidden())
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one method, print JSON
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -234,12 +234,6 @@ def main() -> None:
         rows,
     )
     write_json(args.json, "bench_logprobs", args.device, results)
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def _shape_str(shape) -> str:

@@ -3,9 +3,10 @@
 The ``[N, V]`` logits tensor is the memory wall of RL fine-tuning (16k tokens x 152k vocab
 is 10 GB in float32), and it is built only to read one number per token. ``token_logprobs``
 never materialises it: the Triton kernel (CUDA) tiles the vocabulary with an online
-log-sum-exp; the torch path (every other device) processes the tokens in chunks whose
-``[chunk, V]`` logits fit a fixed memory budget and recomputes them chunk by chunk in the
-backward pass.
+log-sum-exp; the torch path (every other device) walks token chunks x vocab tiles, also
+with an online log-sum-exp, so its largest temporary is one ``[CHUNK_ROWS, tile]`` logits
+tile of ``TILE_BYTES``; the backward pass recomputes the tiles (4 matmuls in all instead of
+3, traded for never allocating, faulting in and sweeping ``[N, V]`` arrays).
 
 Maths, with ``z = (hidden @ weight.T + bias) / temperature`` and ``p = softmax(z)``::
 
