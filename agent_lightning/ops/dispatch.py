@@ -55,6 +55,8 @@ def triton_usable(device_type: str) -> tuple[bool, str]:
 @functools.lru_cache(maxsize=None)
 def cpp_extension() -> ModuleType | None:
     """``agent_lightning._C`` when it was built, else ``None``."""
+    import torch  # noqa: F401 - the extension links against libtorch, which torch loads
+
     try:
         return importlib.import_module("agent_lightning._C")
     except ImportError:

@@ -88,3 +88,27 @@ def test_state_round_trip_without_pickle(tmp_path):
     fresh.load_state_dict(back["optimizer"])
     with pytest.raises(TypeError, match="cannot be stored without pickle"):
         ckpt.save_state({"bad": object()}, tmp_path / "bad")
+
+
+def test_cli_resume_continues_a_run(alightning, cli_env, tmp_path):
+    import subprocess
+
+    from conftest import tiny_config_data
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_data(trainer={"steps": 4, "eval_every": 2, "eval_episodes": 6})))
+
+    def run(*args):
+        result = subprocess.run([*alightning, "run", *args], capture_output=True, text=True, env=cli_env, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result
+
+    run(str(config), "--output-dir", str(tmp_path / "full"))
+    run(str(config), "trainer.steps=2", "--output-dir", str(tmp_path / "split"))
+    resumed = run("--resume", str(tmp_path / "split"), "trainer.steps=4")
+    assert f"run directory: {tmp_path / 'split'}" in resumed.stdout
+    full, split = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "split")
+    assert [r["step"] for r in split] == [0, 1, 2, 3, 4]
+    assert _deterministic(split) == _deterministic(full)
+    assert yaml.safe_load((tmp_path / "split" / "config.yaml").read_text())["trainer"]["steps"] == 4

@@ -1,0 +1,274 @@
+"""API interaction: reach goals by calling a real JSON to-do service over HTTP on 127.0.0.1.
+
+Each environment instance starts its own service (``api_service.TodoService``, ephemeral
+port) on first ``reset`` and stops it in ``close``. The first observation holds the goal
+and the service's OpenAPI 3 document. Actions (one per turn; the first line that parses
+is used):
+
+* ``METHOD /path [JSON body]`` — ``GET``, ``POST``, ``PUT``, ``PATCH`` or ``DELETE``; the
+  body may continue on the following lines. Sent as a real HTTP request; the observation
+  is ``HTTP <status> <reason>`` and the JSON body, errors included (400 for bad JSON or
+  validation, 404, 405...).
+* ``answer "text"`` — finish with an answer (questions); ``done`` — finish (changes).
+
+An action that parses as neither gets an ``error:`` observation and counts in
+``info["invalid_actions"]``; it never ends the episode early or raises.
+
+Goals (``tasks``; train and held-out eval splits generated from distinct seeds): mark
+every open todo with a tag as done; create a todo and then mark it done (``done`` cannot
+be set on create); delete done todos with a tag; rename a todo; raise the priority of open
+todos due before a day; count open todos due before a day; count open todos with a tag.
+Success is read from the service's state when the episode ends (every todo not targeted
+must be unchanged) and, for questions, from the answer. Reward: 1.0 on success, else 0.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any
+from urllib.parse import quote
+
+from agent_lightning.hookspecs import hookimpl
+from agent_lightning.types import Observation, StepResult, Task
+
+TODAY = ("Monday", "2026-03-02")
+WEEKDAYS = {"Tuesday": "2026-03-03", "Wednesday": "2026-03-04", "Thursday": "2026-03-05", "Friday": "2026-03-06"}
+_DUES = ("2026-02-26", "2026-02-27", "2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04", "2026-03-05",
+         "2026-03-06", "2026-03-09", "2026-03-12", None, None)
+_TITLES = ("write report", "call plumber", "buy milk", "book flights", "review pull request", "pay rent",
+           "renew passport", "water plants", "send invoice", "plan sprint", "fix bike", "clean garage",
+           "email Anna", "update CV", "prepare slides", "order printer ink", "backup laptop", "file taxes",
+           "walk the dog", "read contract", "schedule dentist", "refill prescription", "cancel gym", "repair fence")
+TAGS = ("work", "home", "errands", "health", "finance")
+FAMILIES = ("complete_tag", "create_then_done", "delete_done", "rename", "raise_priority", "count_due",
+            "count_open_tag")
+
+SYSTEM_PROMPT = (
+    "You reach goals by calling a JSON HTTP API (its OpenAPI document follows the goal). "
+    "Reply with exactly one action per turn:\n"
+    "METHOD /path [JSON body]   e.g. GET /todos?done=false  or  PATCH /todos/3 {\"done\": true}\n"
+    "answer \"text\"              finish with an answer (for questions)\n"
+    "done                       finish (for goals that change the todos)\n"
+    "Each request is answered with its HTTP status and JSON body.")
+
+_REQUEST = re.compile(r"^(GET|POST|PUT|PATCH|DELETE)\s+(\S+)\s*(.*)$", re.I)
+_ANSWER = re.compile(r"^answer\s*:?\s*(?:\"(.*)\"|'(.*)'|(.*))$", re.I)
+_DONE = re.compile(r"^done[.!]?$", re.I)
+_INTEGER = re.compile(r"-?\d+")
+
+
+def parse_action(action: str) -> tuple[Any, ...] | None:
+    """``("request", METHOD, path, body)``, ``("answer", text)`` or ``None``."""
+    lines = action.splitlines()[:50]
+    for i, raw in enumerate(lines):
+        line = raw.strip().strip("`").strip()
+        m = _REQUEST.match(line)
+        if m:
+            body = "\n".join([m.group(3)] + [x for x in lines[i + 1:]]).strip().strip("`").strip()
+            return ("request", m.group(1).upper(), m.group(2)[:500], body[:20000])
+        m = _ANSWER.match(line)
+        if m:
+            text = next(g for g in (m.group(1), m.group(2), m.group(3)) if g is not None)
+            return ("answer", text.strip()[:500])
+        if _DONE.match(line):
+            return ("answer", "")
+    return None
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _todos(rng: random.Random) -> list[dict[str, Any]]:
+    titles = rng.sample(_TITLES, rng.randint(7, 10))
+    return [{"id": i + 1, "title": t, "done": rng.random() < 0.3, "tags": sorted(rng.sample(TAGS, rng.randint(1, 2))),
+             "priority": rng.choice(("low", "normal", "normal", "high")), "due": rng.choice(_DUES)}
+            for i, t in enumerate(titles)]
+
+
+def _make_task(family: str, rng: random.Random) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    """``(goal, initial todos, check)``; ``check`` holds the expected final state or answer."""
+    while True:  # redraw until the goal is not trivially met by doing nothing
+        todos = _todos(rng)
+        expected = json.loads(json.dumps(todos))
+        check: dict[str, Any] = {"created": [], "answer": None}
+        tag = rng.choice(TAGS)
+        day, date = rng.choice(sorted(WEEKDAYS.items()))
+        if family == "complete_tag":
+            targets = [t for t in expected if not t["done"] and tag in t["tags"]]
+            goal = f"Mark every open todo tagged '{tag}' as done."
+            for t in targets:
+                t["done"] = True
+        elif family == "create_then_done":
+            title = rng.choice([t for t in _TITLES if t not in {x["title"] for x in todos}])
+            targets = [None]
+            goal = f"Create a todo titled '{title}' tagged '{tag}', then mark it as done."
+            check["created"] = [{"title": title, "tag": tag, "done": True}]
+        elif family == "delete_done":
+            targets = [t for t in expected if t["done"] and tag in t["tags"]]
+            goal = f"Delete every todo tagged '{tag}' that is already done."
+            expected = [t for t in expected if t not in targets]
+        elif family == "rename":
+            targets = [rng.choice(expected)]
+            new = rng.choice([t for t in _TITLES if t not in {x["title"] for x in todos}])
+            goal = f"Rename the todo '{targets[0]['title']}' to '{new}'."
+            targets[0]["title"] = new
+        elif family == "raise_priority":
+            targets = [t for t in expected if not t["done"] and t["due"] is not None and t["due"] < date
+                       and t["priority"] != "high"]
+            goal = f"Set the priority of every open todo due before {day} ({date}) to high."
+            for t in targets:
+                t["priority"] = "high"
+        elif family == "count_due":
+            n = sum(1 for t in todos if not t["done"] and t["due"] is not None and t["due"] < date)
+            targets = [n] if n else []
+            goal = f"How many open todos are due before {day} ({date})? Answer with the number."
+            check["answer"] = n
+        elif family == "count_open_tag":
+            n = sum(1 for t in todos if not t["done"] and tag in t["tags"])
+            targets = [n] if n else []
+            goal = f"How many open todos are tagged '{tag}'? Answer with the number."
+            check["answer"] = n
+        else:
+            raise ValueError(f"api: unknown task family '{family}' (known: {', '.join(FAMILIES)})")
+        if targets:
+            check["expected"] = expected
+            return goal, todos, check
+
+
+def make_tasks(split: str, count: int) -> list[Task]:
+    """``count`` tasks of ``split``, cycling through the families; deterministic."""
+    from agent_lightning.envs.api_service import openapi_document
+
+    spec = json.dumps(openapi_document(), separators=(",", ":"))
+    out = []
+    for i in range(count):
+        family = FAMILIES[i % len(FAMILIES)]
+        goal, todos, check = _make_task(family, random.Random(f"agent-lightning-api-{split}-{i}"))
+        user = f"Today is {TODAY[0]} {TODAY[1]}.\nGoal: {goal}\n\nOpenAPI document:\n{spec}"
+        out.append(Task(id=f"api-{split}-{i:03d}-{family}", split=split,
+                        prompt=({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}),
+                        reference={"family": family, "goal": goal, "todos": todos, **check}))
+    return out
+
+
+def judge(reference: Any, state: list[dict[str, Any]], answer: str | None) -> bool:
+    """Whether the final service ``state`` (and ``answer``) meet the task's goal."""
+    if reference.get("answer") is not None:
+        numbers = _INTEGER.findall(answer or "")
+        if not numbers or int(numbers[-1]) != reference["answer"]:
+            return False
+    by_id = {t["id"]: t for t in state}
+    expected_ids = {t["id"] for t in reference["expected"]}
+    if {i for i in by_id if i in {t["id"] for t in reference["todos"]}} != expected_ids:
+        return False  # an existing todo was deleted that should stay (or one survived deletion)
+    if any(by_id[t["id"]] != t for t in reference["expected"]):
+        return False
+    new = [t for t in state if t["id"] not in {x["id"] for x in reference["todos"]}]
+    if len(new) != len(reference["created"]):
+        return False
+    return all(t["title"].strip().lower() == c["title"].lower() and c["tag"] in t["tags"] and t["done"] == c["done"]
+               for t, c in zip(new, reference["created"]))
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+class ApiEnv:
+    """Reach goals by calling a real JSON to-do API (OpenAPI-described) over HTTP (multi-turn)."""
+
+    description = "call a real local JSON to-do API (OpenAPI-described) over HTTP to reach goals (multi-turn)"
+
+    def __init__(self, max_turns: int = 10, num_train: int = 70, num_eval: int = 28,
+                 request_timeout_s: float = 5.0, max_body_chars: int = 2000):
+        if max_turns < 1:
+            raise ValueError(f"environment.max_turns must be >= 1, got {max_turns}")
+        if num_train < 1 or num_eval < 1:
+            raise ValueError(f"environment.num_train/num_eval must be >= 1, got {num_train}/{num_eval}")
+        self.max_turns = max_turns
+        self.num_tasks = {"train": num_train, "eval": num_eval}
+        self.request_timeout_s = request_timeout_s
+        self.max_body_chars = max_body_chars
+        self._server: Any = None
+        self._task: Task | None = None
+        self._turn = 0
+
+    @property
+    def port(self) -> int | None:
+        return self._server.port if self._server else None
+
+    def tasks(self, split: str) -> list[Task]:
+        if split not in ("train", "eval"):
+            raise ValueError(f"api has splits 'train' and 'eval', not '{split}'")
+        return make_tasks(split, self.num_tasks[split])
+
+    def reset(self, task: Task) -> Observation:
+        if self._server is None:
+            from agent_lightning.envs.api_service import TodoService
+
+            self._server = TodoService()
+        self._server.reset_state(task.reference["todos"])
+        self._task, self._turn = task, 0
+        return Observation(tuple(task.prompt))
+
+    def step(self, action: str) -> StepResult:
+        if self._task is None:
+            raise RuntimeError("api: step() called before reset()")
+        self._turn += 1
+        info: dict[str, Any] = {"success": False, "invalid_actions": 0, "http_requests": 0, "http_errors": 0}
+        parsed = parse_action(action if isinstance(action, str) else str(action))
+        if parsed is not None and parsed[0] == "answer":
+            return self._finish(parsed[1], info)
+        if parsed is None:
+            info["invalid_actions"] = 1
+            text = ("error: no action found. Write one request such as 'GET /todos', 'PATCH /todos/1 {\"done\": true}', "
+                    "or finish with 'answer \"...\"' or 'done'.")
+        elif not parsed[2].startswith("/"):
+            info["invalid_actions"] = 1
+            text = f"error: the path must start with '/', got {parsed[2][:60]!r}"
+        else:
+            text = self._request(parsed[1], parsed[2], parsed[3], info)
+        if self._turn >= self.max_turns:
+            return self._finish(None, info)
+        return StepResult(Observation.user(text), info=info)
+
+    def _finish(self, answer: str | None, info: dict[str, Any]) -> StepResult:
+        success = judge(self._task.reference, self._server.snapshot(), answer)
+        info["success"] = success
+        return StepResult(None, reward=1.0 if success else 0.0, done=True, info=info)
+
+    def _request(self, method: str, path: str, body: str, info: dict[str, Any]) -> str:
+        import http.client
+
+        payload = body.encode("utf-8", "replace") if body and method in ("POST", "PUT", "PATCH") else None
+        if method in ("POST", "PUT", "PATCH") and payload is None:
+            payload = b""
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        conn = http.client.HTTPConnection("127.0.0.1", self._server.port, timeout=self.request_timeout_s)
+        info["http_requests"] = 1
+        try:
+            conn.request(method, quote(path, safe="/?&=%:,+-_.~@!$'()*;"), body=payload, headers=headers)
+            response = conn.getresponse()
+            status, reason, data = response.status, response.reason, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            info["http_errors"] = 1
+            return f"error: request failed: {type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+        info["http_errors"] = int(status >= 400)
+        text = data.decode("utf-8", "replace")
+        if len(text) > self.max_body_chars:
+            text = f"{text[:self.max_body_chars]}... ({len(text) - self.max_body_chars} more characters)"
+        return f"HTTP {status} {reason}" + (f"\n{text}" if text else "")
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        self._task = None
+
+
+@hookimpl
+def register_environments(register):
+    register("api", ApiEnv)
