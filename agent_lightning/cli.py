@@ -3,6 +3,7 @@
     alightning run [CONFIG|PRESET] [a.b=value ...] [--output-dir DIR] [--resume RUN_DIR]
     alightning plugins
     alightning envs
+    alightning new-plugin NAME [--kind env|reward|tracker|algorithm|backend] [--dest DIR]
     alightning try ENV [key=value ...] [--split eval] [--task ID] [--seed N]
 
 Configuration mistakes print one line (``error: ...``) and exit with code 2; a run
@@ -93,6 +94,19 @@ def _config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_plugin(args: argparse.Namespace) -> int:
+    from agent_lightning.config import ConfigError
+    from agent_lightning.scaffold import create_plugin
+
+    try:
+        folder = create_plugin(args.name, args.kind, args.dest)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"created {folder}")
+    print(f"next: pip install {folder} && alightning plugins && (cd {folder} && pytest)")
+    return 0
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -171,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="the fully resolved config and where each value came from")
     show.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG|PRESET] [key.path=value ...]")
     show.set_defaults(handler=_config_show)
+
+    new = sub.add_parser("new-plugin", help="scaffold an agent-lightning-NAME plugin distribution")
+    new.add_argument("name", help="plugin name: lowercase letters, digits and '-'")
+    new.add_argument("--kind", default="env", help="env | reward | tracker | algorithm | backend (default: env)")
+    new.add_argument("--dest", default=".", help="parent folder (default: the current one)")
+    new.set_defaults(handler=_new_plugin)
 
     envs = sub.add_parser("envs", help="list environments with a description and their task counts")
     envs.set_defaults(handler=_envs)

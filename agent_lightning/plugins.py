@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "agent_lightning.envs.tool_use",
     "agent_lightning.envs.code",
     "agent_lightning.envs.web",
+    "agent_lightning.envs.api",
     "agent_lightning.rewards.env_rewards",
     "agent_lightning.rewards.matching",
     "agent_lightning.rewards.tests_passed",

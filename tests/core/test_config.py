@@ -76,7 +76,7 @@ def _cli(alightning, cli_env, tmp_path, *args):
     "args, expected",
     [
         (["trainer.stepz=1"], "error: unknown key 'trainer.stepz'"),
-        (["environment.name=guess-numbr"], "error: environment.name: unknown environment 'guess-numbr' (known: code, guess-number, tool-use, web); did you mean 'guess-number'?"),
+        (["environment.name=guess-numbr"], "error: environment.name: unknown environment 'guess-numbr' (known: api, code, guess-number, tool-use, web); did you mean 'guess-number'?"),
         (["reward.name=exactmatch"], "error: reward.name: unknown reward 'exactmatch'"),
         (["algorithm.clip_lo=0.1"], "error: unknown key 'algorithm.clip_lo' (allowed:"),
         (["algorithm.group_size=zero"], "error: invalid value 'zero' for 'algorithm.group_size'"),

@@ -66,7 +66,7 @@ def test_unknown_name_lists_known_and_suggests():
         pm.environments.get("guess-numbr")
     assert "unknown environment 'guess-numbr'" in str(err.value)
     assert "did you mean 'guess-number'?" in str(err.value)
-    assert "(known: code, guess-number, tool-use, web)" in str(err.value)
+    assert "(known: api, code, guess-number, tool-use, web)" in str(err.value)
 
 
 def test_plugin_raising_in_hook_is_reported_and_others_survive():

@@ -23,12 +23,9 @@ BUILTIN_ENVIRONMENTS = {
 
 @pytest.fixture(scope="module")
 def builtins():
-    from agent_lightning.envs import api
-    from agent_lightning.plugins import BUILTIN_PLUGINS, build_plugin_manager
+    from agent_lightning.plugins import build_plugin_manager
 
-    # until the api module is listed in BUILTIN_PLUGINS, register it the way the list will
-    extra = [] if api.__name__ in BUILTIN_PLUGINS else [(api.__name__, api)]
-    return build_plugin_manager(autoload=False, strict=True, extra_plugins=extra)
+    return build_plugin_manager(autoload=False, strict=True)
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN_ENVIRONMENTS))
