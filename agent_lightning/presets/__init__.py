@@ -1,0 +1,1 @@
+"""Packaged run configurations (``alightning run <name>``)."""
