@@ -17,13 +17,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 ROOT = Path(__file__).parent.resolve()
 EXT_NAME = "agent_lightning._C"
 WARN_PREFIX = "agent-lightning: "
 
 packages = find_packages(include=["agent_lightning", "agent_lightning.*"])
+# Data-only folders (scaffold templates) are packages too, so their files install.
+packages += find_namespace_packages(include=["agent_lightning.scaffold_templates*"])
 packages.append("agent_lightning.kernels")
 
 

@@ -117,7 +117,7 @@ std::vector<Tensor> unpack(const Tensor& flat, const Tensor& cu_seqlens) {
   std::vector<int64_t> sizes(off.size() - 1);
   for (size_t b = 0; b + 1 < off.size(); ++b) sizes[b] = off[b + 1] - off[b];
   // One split_with_sizes dispatch (views); a narrow() per sequence costs a full dispatch each.
-  return flat.split_with_sizes(sizes, 0).vec();
+  return flat.split_with_sizes(sizes, 0);
 }
 
 Tensor pad_packed(const Tensor& flat_in, const Tensor& cu_seqlens, double pad_value) {
