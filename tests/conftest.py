@@ -41,6 +41,13 @@ def tiny_config_data(**sections):
 
 
 @pytest.fixture
+def tiny_config_dict():
+    """``tiny_config_data`` as a fixture (test modules must not import from conftest:
+    several conftest.py files share that module name)."""
+    return tiny_config_data
+
+
+@pytest.fixture
 def tiny_config():
     from agent_lightning.config import validate
 

@@ -90,14 +90,13 @@ def test_state_round_trip_without_pickle(tmp_path):
         ckpt.save_state({"bad": object()}, tmp_path / "bad")
 
 
-def test_cli_resume_continues_a_run(alightning, cli_env, tmp_path):
+def test_cli_resume_continues_a_run(alightning, cli_env, tmp_path, tiny_config_dict):
     import subprocess
 
-    from conftest import tiny_config_data
     import yaml
 
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config_data(trainer={"steps": 4, "eval_every": 2, "eval_episodes": 6})))
+    config.write_text(yaml.safe_dump(tiny_config_dict(trainer={"steps": 4, "eval_every": 2, "eval_episodes": 6})))
 
     def run(*args):
         result = subprocess.run([*alightning, "run", *args], capture_output=True, text=True, env=cli_env, timeout=300)

@@ -9,8 +9,6 @@ import yaml
 
 from agent_lightning.config import ConfigError, apply_overrides, load_config, read_yaml, validate
 
-from conftest import tiny_config_data
-
 
 def test_quickstart_preset_loads_and_overrides_parse_as_yaml():
     config = load_config(None, ["trainer.steps=4", "trackers=[console,jsonl]", "algorithm.name=grpo",
@@ -111,6 +109,6 @@ def test_resolved_config_is_written_to_the_run_directory(tiny_config, tmp_path):
     assert written["environment"] == {"name": "guess-number", "max_number": 6, "max_turns": 3}
 
 
-def test_component_section_requires_a_name():
+def test_component_section_requires_a_name(tiny_config_dict):
     with pytest.raises(ConfigError, match="missing key 'environment.name'"):
-        validate({**tiny_config_data(), "environment": {"max_number": 3}})
+        validate({**tiny_config_dict(), "environment": {"max_number": 3}})

@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
-from conftest import REPO
-
-PLUGIN = REPO / "plugins" / "agent-lightning-countdown"
+PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "agent-lightning-countdown"
 
 
 @pytest.fixture(scope="module")
