@@ -335,5 +335,22 @@ def explain(source: str | None, overrides: Sequence[str] = (), environ: Mapping[
     return rows
 
 
+def parse_options(config_cls: type[BaseModel], section: str, options: Mapping[str, Any]) -> Any:
+    """Validate a component's options into ``config_cls``; errors name ``section.key``.
+
+    Components with many options (algorithms first) use this, so that their mistakes
+    read like the core config's.
+    """
+    try:
+        return config_cls.model_validate(dict(options))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in (section, *error["loc"]))
+        if error["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(config_cls.model_fields))
+            raise ConfigError(f"unknown key '{key}' (allowed: {allowed})") from None
+        raise ConfigError(f"invalid value {error.get('input')!r} for '{key}': {error['msg']}") from None
+
+
 def dump_yaml(config: RunConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

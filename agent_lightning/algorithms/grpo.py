@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent_lightning.batch import PackedBatch, pack_trajectories
+from agent_lightning.config import parse_options
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.types import Trajectory
 
@@ -51,21 +52,6 @@ class GRPOConfig(BaseModel):
     epochs: int = Field(1, ge=1, description="passes over each step's rollouts")
     minibatches: int = Field(1, ge=1, description="optimizer steps per pass")
     micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
-
-
-def parse_options(config_cls: type[BaseModel], section: str, options: Mapping[str, Any]) -> Any:
-    """Validate a component's options; errors name ``section.key`` (used by every algorithm)."""
-    from agent_lightning.config import ConfigError
-
-    try:
-        return config_cls.model_validate(dict(options))
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in (section, *error["loc"]))
-        if error["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(config_cls.model_fields))
-            raise ConfigError(f"unknown key '{key}' (allowed: {allowed})") from None
-        raise ConfigError(f"invalid value {error.get('input')!r} for '{key}': {error['msg']}") from None
 
 
 def aggregate(per_token: Any, policy_cu_seqlens: Any, mode: str, norm_tokens: int) -> Any:
