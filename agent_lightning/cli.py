@@ -22,7 +22,7 @@ from typing import Sequence
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent_lightning.config import apply_overrides, load_config, read_yaml, validate
+    from agent_lightning.config import ConfigError, apply_overrides, load_config, read_yaml, validate
     from agent_lightning.trainer import Trainer
 
     positional = list(args.config_and_overrides)
@@ -33,11 +33,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
-            from agent_lightning.config import ConfigError
-
             raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
         if source is not None:
-            overrides.insert(0, source) if "=" in source else None
+            raise ConfigError(f"--resume {run_dir} continues with that run's own config.yaml; "
+                              f"drop '{source}' (key=value overrides are allowed)")
         import os
 
         from agent_lightning.config import env_overrides

@@ -19,6 +19,16 @@ class Message(TypedDict, total=False):
     name: str
 
 
+SPLITS = ("train", "eval")
+"""Task splits every environment provides: training and held-out evaluation."""
+
+
+def check_split(environment: str, split: str) -> None:
+    """Raise ``ValueError`` naming the environment when ``split`` is not a known split."""
+    if split not in SPLITS:
+        raise ValueError(f"{environment} has splits 'train' and 'eval', not '{split}'")
+
+
 @dataclass(frozen=True)
 class Task:
     """One dataset item.

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Observation, StepResult, Task
+from agent_lightning.types import Observation, StepResult, Task, check_split
 
 TODAY = ("Monday", "2026-03-02")
 WEEKDAYS = {"Tuesday": "2026-03-03", "Wednesday": "2026-03-04", "Thursday": "2026-03-05", "Friday": "2026-03-06"}
@@ -199,8 +199,7 @@ class ApiEnv:
         return self._server.port if self._server else None
 
     def tasks(self, split: str) -> list[Task]:
-        if split not in ("train", "eval"):
-            raise ValueError(f"api has splits 'train' and 'eval', not '{split}'")
+        check_split("api", split)
         return make_tasks(split, self.num_tasks[split])
 
     def reset(self, task: Task) -> Observation:

@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Observation, StepResult, Task
+from agent_lightning.types import Observation, StepResult, Task, check_split
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
@@ -80,8 +80,7 @@ class CodeEnv:
         self._attempt = 0
 
     def tasks(self, split: str) -> list[Task]:
-        if split not in ("train", "eval"):
-            raise ValueError(f"code has splits 'train' and 'eval', not '{split}'")
+        check_split("code", split)
         out = []
         for p in problems():
             if p["split"] != split:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Observation, StepResult, Task
+from agent_lightning.types import Observation, StepResult, Task, check_split
 
 _INTEGER = re.compile(r"-?\d+")
 
@@ -44,8 +44,7 @@ class GuessNumberEnv:
         self._low, self._high = 1, max_number
 
     def tasks(self, split: str) -> list[Task]:
-        if split not in ("train", "eval"):
-            raise ValueError(f"guess-number has splits 'train' and 'eval', not '{split}'")
+        check_split("guess-number", split)
         prompt = ({"role": "user", "content": f"guess my number between 1 and {self.max_number} ."},)
         repeats = 1 if split == "train" else self.eval_repeats
         return [

@@ -33,7 +33,7 @@ from agent_lightning.envs.data import tool_use_tasks as _tasks
 from agent_lightning.envs.tools import BUILTIN_TOOLS, Tool, ToolError, ToolState, validate
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.rewards.matching import extract_number, normalize_text, numbers_match
-from agent_lightning.types import Message, Observation, StepResult, Task
+from agent_lightning.types import Message, Observation, StepResult, Task, check_split
 
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(</tool_call>|\Z)", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
@@ -95,8 +95,7 @@ class ToolUseEnv:
     # ------------------------------------------------------------------ Environment protocol
 
     def tasks(self, split: str) -> list[Task]:
-        if split not in ("train", "eval"):
-            raise ValueError(f"tool-use has splits 'train' and 'eval', not '{split}'")
+        check_split("tool-use", split)
         if not self._splits:
             system = {"role": "system", "content": system_prompt(list(self.tools.values()))}
             train, evals = _tasks.generate(self.families, self.num_train, self.num_eval, self.seed)

@@ -32,7 +32,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from agent_lightning.envs.data.web_goals import goal_split, goals
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.rewards.matching import extract_number, normalize_text
-from agent_lightning.types import Observation, StepResult, Task
+from agent_lightning.types import Observation, StepResult, Task, check_split
 
 SYSTEM_PROMPT = (
     "You are browsing a shop website to reach a goal. Each page is shown as text; links and buttons are "
@@ -213,8 +213,7 @@ class WebEnv:
         return self._server.port if self._server else None
 
     def tasks(self, split: str) -> list[Task]:
-        if split not in ("train", "eval"):
-            raise ValueError(f"web has splits 'train' and 'eval', not '{split}'")
+        check_split("web", split)
         return [Task(id=g["id"], prompt=({"role": "system", "content": SYSTEM_PROMPT},
                                          {"role": "user", "content": f"Goal: {g['goal']}"}),
                      reference=g["reference"], split=split)

@@ -112,3 +112,14 @@ def test_resolved_config_is_written_to_the_run_directory(tiny_config, tmp_path):
 def test_component_section_requires_a_name(tiny_config_dict):
     with pytest.raises(ConfigError, match="missing key 'environment.name'"):
         validate({**tiny_config_dict(), "environment": {"max_number": 3}})
+
+
+def test_resume_rejects_a_second_config(alightning, cli_env, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("environment: {name: guess-number}\n")
+    result = subprocess.run([*alightning, "run", "other.yaml", "--resume", str(run_dir)],
+                            capture_output=True, text=True, env=cli_env, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: --resume {run_dir} continues with that run's own config.yaml; "
+                                      "drop 'other.yaml' (key=value overrides are allowed)")
