@@ -1,10 +1,14 @@
 """``alightning``: the command line.
 
-    alightning run [CONFIG|PRESET] [a.b=value ...] [--output-dir DIR] [--resume RUN_DIR]
+    alightning run [CONFIG|PRESET] [a.b=value ...] [--output-dir DIR] [--resume RUN_DIR] [--nproc N]
     alightning plugins
     alightning envs
     alightning new-plugin NAME [--kind env|reward|tracker|algorithm|backend] [--dest DIR]
     alightning try ENV [key=value ...] [--split eval] [--task ID] [--seed N]
+    alightning train-reward-model DATA.jsonl --output-dir DIR [model.key=value ...] [--epochs N] [--lr X]
+    alightning eval RUN_DIR|CHECKPOINT [--env NAME] [--split eval|train] [--samples K] [--episodes N] [--json PATH]
+    alightning report RUN_DIR          /  alightning show RUN_DIR [--step N]
+    alightning --quiet COMMAND ...     (no progress bars; they are also off when stdout/stderr is not a terminal)
 
 Configuration mistakes print one line (``error: ...``) and exit with code 2; a run
 aborted for too many failed episodes exits with code 1.
@@ -50,11 +54,18 @@ def _run(args: argparse.Namespace) -> int:
         else:
             stem = Path(source).stem if source else "quickstart"
             run_dir = Path(config.trainer.output_dir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"run directory: {run_dir}", flush=True)
+    from agent_lightning import distributed
+
+    if args.nproc:  # the config is valid: start the ranks (each re-runs this command without --nproc)
+        return distributed.launch(args.nproc, _relaunch_args(args))
+    distributed.init(config.trainer.distributed, device=config.backend.device)  # no-op outside torchrun
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's timestamp
+    say = print if distributed.is_main() else (lambda *a, **k: None)
+    say(f"run directory: {run_dir}", flush=True)
     started = time.perf_counter()
     trainer = Trainer(config, run_dir)
     info = trainer.describe()
-    print(f"policy: {info.get('model/parameters', '?'):,} parameters ({info.get('model/trainable_parameters', '?'):,} trainable) "
+    say(f"policy: {info.get('model/parameters', '?'):,} parameters ({info.get('model/trainable_parameters', '?'):,} trainable) "
           f"on {info.get('model/device', '?')}; training log-probs: {info['ops/token_logprobs']} "
           "(from hidden states, never [tokens x vocab] logits)", flush=True)
     result = trainer.run(resume=bool(args.resume))
@@ -66,9 +77,19 @@ def _run(args: argparse.Namespace) -> int:
         summary += f"; held-out success {first:.2f} -> {last:.2f}"
     elif last is not None:
         summary += f"; held-out success {last:.2f}"
-    print(summary)
-    print(f"run directory: {run_dir}", flush=True)
+    say(summary)
+    say(f"run directory: {run_dir}", flush=True)
+    distributed.shutdown()
     return 0
+
+
+def _relaunch_args(args: argparse.Namespace) -> list[str]:
+    """This ``run`` command's arguments without ``--nproc`` (what every rank runs)."""
+    out = ["--log-level", str(args.log_level), *(["--quiet"] if getattr(args, "quiet", False) else []), "run"]
+    out += list(args.config_and_overrides)
+    out += ["--output-dir", args.output_dir] if args.output_dir else []
+    out += ["--resume", args.resume] if args.resume else []
+    return out
 
 
 def _config_show(args: argparse.Namespace) -> int:
@@ -168,12 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agent-lightning {__version__}")
     parser.add_argument("--log-level", default=os.environ.get("ALIGHTNING_LOG_LEVEL", "WARNING"),
                         help="Python logging level (default: $ALIGHTNING_LOG_LEVEL or WARNING)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="train (with no config: the packaged quickstart)")
     run.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG|PRESET] [key.path=value ...]")
     run.add_argument("--output-dir", help="the run directory (default: <trainer.output_dir>/<name>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    run.add_argument("--nproc", type=int, metavar="N",
+                     help="data-parallel training in N processes on this machine (starts torchrun --standalone)")
     run.set_defaults(handler=_run)
 
     plugins = sub.add_parser("plugins", help="list every registered component and where it came from")
@@ -201,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     try_env.add_argument("--task", help="task id (default: a random task of the split)")
     try_env.add_argument("--seed", type=int, default=None)
     try_env.set_defaults(handler=_try)
+    from agent_lightning.eval_cli import add_commands
+
+    add_commands(sub)  # eval, report, show
+    from agent_lightning.reward_model import add_command as add_reward_model_command
+
+    add_reward_model_command(sub)  # train-reward-model
     return parser
 
 
@@ -212,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
+    from agent_lightning import progress
+
+    progress.configure(quiet=args.quiet)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -52,6 +52,7 @@ class ModelConfig(_Strict):
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     trust_remote_code: bool = False
     lora: LoraSettings | None = None
+    quantization: Literal["4bit"] | None = Field(None, description="4bit: QLoRA, a 4-bit NF4 base (CUDA, bitsandbytes)")
     preset_options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -73,6 +74,37 @@ class SamplingConfig(_Strict):
     eval_temperature: float = Field(1.0, ge=0.0)
 
 
+class ReplayConfig(_Strict):
+    """Off-policy reuse (``agent_lightning.replay``); off while ``capacity_steps`` is 0."""
+
+    capacity_steps: int = Field(0, ge=0, description="keep the groups of the last K steps; 0: no replay")
+    replay_ratio: float = Field(0.5, ge=0.0, description="replayed groups per fresh group in a step's batch")
+    max_staleness: int | None = Field(None, ge=0, description="drop groups sampled more than this many policy versions ago")
+    is_truncation: float = Field(2.0, gt=0.0, description="importance weights are min(ratio, is_truncation)")
+    micro_batch_tokens: int = Field(16384, ge=1, description="token budget of the no-grad log-prob pass")
+
+
+class ExecutorConfig(BaseModel):
+    """``trainer.executor``: where episodes are played (``agent_lightning.executors``); the
+    other keys are the executor's options (``ray``: workers, address, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: Literal["inprocess", "ray"] = "inprocess"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DistributedConfig(_Strict):
+    """``trainer.distributed``: data parallelism when launched by ``torchrun``
+    (``agent_lightning.distributed``); ignored in a plain 1-process run."""
+
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, else gloo")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a replica per rank; fsdp: FSDP2-sharded weights")
+    timeout_s: float = Field(1800.0, gt=0.0, description="collective timeout")
+
+
 class TrainerConfig(_Strict):
     """The loop: how long, how often to evaluate and checkpoint, how to survive failures."""
 
@@ -87,6 +119,9 @@ class TrainerConfig(_Strict):
     step_timeout_s: float = Field(30.0, gt=0.0)
     log_trajectories: int = Field(4, ge=0, description="trajectories written per step")
     output_dir: str = "runs"
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 class ComponentConfig(BaseModel):

@@ -24,17 +24,34 @@ before. Restoring the old implementation after each call would be wrong under gr
 checkpointing: the backward pass re-runs each layer's forward and must see packed attention
 again. Models whose attention cannot be switched (not written against ``AttentionInterface``)
 fall back to a padded forward (pad -> attention mask -> unpad): same hidden states, padding cost.
+Attention logit soft-capping (Gemma 2's ``attn_logit_softcapping``), which SDPA cannot do, is
+computed per sequence in plain torch (the eager formula), packed or not.
+
+From hidden states to logits: :func:`output_head` gives the lm head's weight and bias plus the
+transforms some families apply after it (a logit scale, a final soft-cap), everything
+``agent_lightning.ops.token_logprobs`` needs to reproduce ``model(...).logits`` exactly.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import torch
 
 PACKED_ATTENTION = "al_packed"
+
+# Families whose causal LM scales the lm-head output (model_type -> (config attribute, divide?)).
+# The final soft-cap needs no table: every family that has one reads ``final_logit_softcapping``.
+LOGIT_SCALES: dict[str, tuple[str, bool]] = {
+    "cohere": ("logit_scale", False),  # logits * logit_scale
+    "cohere2": ("logit_scale", False),
+    "granite": ("logits_scaling", True),  # logits / logits_scaling
+    "granitemoe": ("logits_scaling", True),
+    "granitemoeshared": ("logits_scaling", True),
+    "hyperclovax": ("logits_scaling", False),  # logits * logits_scaling (MuP)
+}
 
 _lock = threading.Lock()
 _registered = False
@@ -71,6 +88,44 @@ def lm_head(model: Any) -> tuple["torch.Tensor", "torch.Tensor | None"]:
     if head is None or not hasattr(head, "weight"):
         raise TypeError(f"{type(lm).__name__} has no output embeddings (get_output_embeddings() returned {head!r})")
     return head.weight, getattr(head, "bias", None)
+
+
+class OutputHead(NamedTuple):
+    """How a causal LM turns its final hidden state ``h [.., H]`` into logits::
+
+        y = h @ weight.T + bias;  y = y * logit_scale;  logits = softcap * tanh(y / softcap)
+
+    (the last step only when ``softcap`` is set) — the arguments of the same names of
+    ``agent_lightning.ops.token_logprobs``.
+    """
+
+    weight: "torch.Tensor"
+    """``[V, H]`` lm-head weight (the embedding matrix when embeddings are tied)."""
+    bias: "torch.Tensor | None"
+    """``[V]`` lm-head bias (Phi), or ``None``."""
+    logit_scale: float
+    """Multiplies the lm-head output (Cohere ``logit_scale``, Granite ``1 / logits_scaling``)."""
+    softcap: float | None
+    """Final logit soft-cap (Gemma 2/3 ``final_logit_softcapping``), or ``None``."""
+
+
+def output_head(model: Any) -> OutputHead:
+    """The lm head of ``model`` (a causal LM or a peft wrapper) with its family's logit transforms.
+
+    The weight and bias come from :func:`lm_head`; the soft-cap from the config's
+    ``final_logit_softcapping``; the scale from :data:`LOGIT_SCALES` by ``config.model_type``.
+    """
+    lm = causal_lm(model)
+    weight, bias = lm_head(model)
+    config = lm.config
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = 1.0
+    rule = LOGIT_SCALES.get(getattr(config, "model_type", ""))
+    if rule is not None:
+        attr, divide = rule
+        value = float(getattr(config, attr))
+        scale = 1.0 / value if divide else value
+    return OutputHead(weight, bias, scale, None if softcap is None else float(softcap))
 
 
 def _segment_sizes(query: "torch.Tensor", cu_seq_lens_q: "torch.Tensor | None", position_ids: "torch.Tensor | None"):
@@ -118,6 +173,7 @@ def packed_sdpa_attention(
         scaling: Softmax scale (``D**-0.5`` when ``None``).
         dropout: Attention dropout probability (training mode only).
         sliding_window: Attend to at most this many most recent tokens (incl. itself), when set.
+        softcap (keyword): Attention logit soft-cap ``c`` (scores become ``c * tanh(s / c)``), when set.
         cu_seq_lens_q: ``[B+1]`` integer offsets of the sequences in the packed row.
         position_ids: ``[1, q_len]`` positions (restart at 0 per sequence).
 
@@ -127,6 +183,7 @@ def packed_sdpa_attention(
     import torch
     import torch.nn.functional as F
 
+    softcap = kwargs.pop("softcap", None)
     packed_row = attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
     if not packed_row:
         if cu_seq_lens_q is not None:
@@ -134,13 +191,14 @@ def packed_sdpa_attention(
                 "packed attention got cu_seq_lens_q together with an attention mask, a batch of "
                 f"{query.shape[0]} rows or a KV-cache prefix; a packed batch is one row without mask or cache"
             )
+        if softcap is not None:
+            return _softcap_attention(module, query, key, value, _allowed(module, query, key, attention_mask),
+                                      scaling, dropout, softcap), None
         from transformers import AttentionInterface
 
         sdpa = AttentionInterface()["sdpa"]
         return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                     position_ids=position_ids, **kwargs)
-    if kwargs.get("softcap") is not None:
-        raise ValueError(f"{type(module).__name__} uses attention logit soft-capping, which SDPA cannot do")
     sizes = _segment_sizes(query, cu_seq_lens_q, position_ids)
     gqa = key.shape[1] != query.shape[1]
     # One split per tensor (not a slice per sequence): its backward is a single concatenation,
@@ -151,15 +209,72 @@ def packed_sdpa_attention(
         if length == 0:
             continue
         mask = None
-        if sliding_window is not None and length > sliding_window:
+        if sliding_window is not None and length > sliding_window or softcap is not None:
             idx = torch.arange(length, device=query.device)
             diff = idx[:, None] - idx[None, :]
-            mask = (diff >= 0) & (diff < sliding_window)
+            mask = (diff >= 0) & (diff < (sliding_window or length))
+        if softcap is not None:
+            outputs.append(_softcap_attention(module, q, k, v, mask, scaling, dropout, softcap))
+            continue
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scaling, enable_gqa=gqa
         )
         outputs.append(out.transpose(1, 2))  # [1, L, H, D]
     return torch.cat(outputs, dim=1), None
+
+
+def _allowed(module: Any, query: "torch.Tensor", key: "torch.Tensor",
+             attention_mask: "torch.Tensor | None") -> "torch.Tensor | None":
+    """The SDPA-style mask as booleans (True: attend) for :func:`_softcap_attention`.
+
+    ``None`` means what it means to SDPA in transformers: causal when the query has more than
+    one token (aligned to the end of the keys, i.e. after a cache prefix), else everything.
+    An additive float mask is kept as it is.
+    """
+    import torch
+
+    if attention_mask is not None:
+        return attention_mask
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if q_len == 1 or not getattr(module, "is_causal", True):
+        return None
+    idx_q = torch.arange(q_len, device=query.device)[:, None] + (kv_len - q_len)
+    return idx_q >= torch.arange(kv_len, device=query.device)[None, :]
+
+
+def _softcap_attention(module: Any, query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor",
+                       allowed: "torch.Tensor | None", scaling: float | None, dropout: float,
+                       softcap: float) -> "torch.Tensor":
+    """Eager attention with logit soft-capping (what SDPA cannot do).
+
+    Args:
+        query: ``[b, H, q, D]``; key, value: ``[b, Hkv, k, D]`` (``H`` a multiple of ``Hkv``).
+        allowed: Bool mask broadcastable to ``[b, H, q, k]`` (True: attend), an additive float
+            mask, or ``None`` (no masking).
+        softcap: Scores become ``softcap * tanh(scores / softcap)`` before masking.
+
+    Returns:
+        ``[b, q, H, D]``. Softmax in float32; masked scores get the dtype's minimum (as
+        transformers' eager masks do), so a fully masked row is uniform rather than NaN.
+    """
+    import torch
+
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if allowed is not None:
+        if allowed.dtype == torch.bool:
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + allowed
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout and module.training:
+        probs = torch.nn.functional.dropout(probs, p=dropout)
+    return torch.matmul(probs, value).transpose(1, 2)
 
 
 def packed_attention_mask(batch_size: int, q_length: int, kv_length: int, *args: Any,

@@ -39,9 +39,18 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "agent_lightning.rewards.matching",
     "agent_lightning.rewards.tests_passed",
     "agent_lightning.rewards.composite",
+    "agent_lightning.rewards.reward_model",
+    "agent_lightning.rewards.http",
     "agent_lightning.algorithms.grpo",
+    "agent_lightning.algorithms.ppo",
+    "agent_lightning.algorithms.rloo",
+    "agent_lightning.algorithms.reinforce_pp",
+    "agent_lightning.algorithms.dpo",
     "agent_lightning.trackers.console",
     "agent_lightning.trackers.jsonl",
+    "agent_lightning.trackers.mlflow",
+    "agent_lightning.trackers.wandb",
+    "agent_lightning.trackers.tensorboard",
     "agent_lightning.backends.transformers_backend",
 )
 

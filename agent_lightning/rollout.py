@@ -11,9 +11,11 @@ failed with the reason; the others go on.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from agent_lightning import progress
 from agent_lightning.config import SamplingConfig
 from agent_lightning.types import Environment, Observation, StepResult, Task, Trajectory, Turn
 
@@ -69,6 +71,17 @@ def _failure_text(stage: str, exc: BaseException) -> str:
     return f"environment {stage} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
 
 
+def episode_seed(base: str | int, episode_id: str, turn: int) -> int:
+    """The 63-bit sampling seed of one episode's turn under the seed key ``base``.
+
+    Sampling noise then depends only on (key, episode id, turn), never on which other
+    episodes share the batch, the worker or the rank, nor on how often the episode was
+    retried.
+    """
+    digest = hashlib.blake2b(f"{base}|{episode_id}|{turn}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def play(
     backend: Any,
     envs: EnvPool,
@@ -80,9 +93,13 @@ def play(
     policy_version: int,
     generator: Any = None,
     executor: futures.ThreadPoolExecutor,
+    seed: str | int | None = None,
 ) -> list[Trajectory]:
     """Play one episode per ``(episode id, task, group)`` job and return their trajectories.
 
+    With ``seed`` (a seed key such as ``"0/train/12"``) every episode's turn samples from
+    its own generator seeded by ``episode_seed(seed, episode id, turn)``, and ``generator``
+    is ignored; without it, all episodes draw from ``generator`` (the backend's default).
     Returned trajectories carry ``final_reward = 0``; rewards are scored afterwards.
     """
     envs.ensure(len(jobs))
@@ -109,10 +126,14 @@ def play(
             ep.failure, ep.done = f"prompt could not be encoded: {type(exc).__name__}: {exc}", True
 
     budget = sampling.max_context_tokens
-    for turn in range(sampling.max_turns):
+    for turn in progress.track(range(sampling.max_turns), f"playing {len(episodes)} episodes (turns)"):
         active = [ep for ep in episodes if not ep.done]
         if not active:
             break
+        if seed is not None:
+            import torch
+
+            generator = [torch.Generator().manual_seed(episode_seed(seed, ep.id, turn)) for ep in active]
         generations = backend.generate([ep.context for ep in active], temperature=temperature,
                                        top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
                                        generator=generator)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Any, Callable, Sequence
 
@@ -12,13 +13,16 @@ from agent_lightning.types import RewardResult, Trajectory
 def score(trajectories: Sequence[Trajectory], reward: Callable[[Trajectory], Any]) -> list[Trajectory]:
     """Trajectories with ``final_reward`` set; a reward that raises or returns a non-finite
     or non-numeric value marks that episode failed with the reason."""
+    batched = _batch_scores(trajectories, reward)
     out = []
-    for traj in trajectories:
+    for index, traj in enumerate(trajectories):
         if traj.failure is not None:
             out.append(traj)
             continue
         try:
-            value = reward(traj)
+            value = batched[index] if index in batched else reward(traj)
+            if isinstance(value, BaseException):
+                raise value
             components: dict[str, float] = {}
             if isinstance(value, RewardResult):
                 components = {k: float(v) for k, v in value.components.items()}
@@ -31,6 +35,23 @@ def score(trajectories: Sequence[Trajectory], reward: Callable[[Trajectory], Any
             reason = str(exc).splitlines()[0] if str(exc) else ""
             out.append(dataclasses.replace(traj, failure=f"reward failed: {type(exc).__name__}: {reason}".rstrip(": ")))
     return out
+
+
+def _batch_scores(trajectories: Sequence[Trajectory], reward: Any) -> dict[int, Any]:
+    """A reward with a ``batch(trajectories) -> list`` method scores every healthy episode in
+    one call (an exception instance in the list fails that episode); if the call itself
+    raises or miscounts, each episode is scored on its own instead."""
+    batch = getattr(reward, "batch", None)
+    healthy = [i for i, t in enumerate(trajectories) if t.failure is None]
+    if not callable(batch) or not healthy:
+        return {}
+    try:
+        values = list(batch([trajectories[i] for i in healthy]))
+    except Exception as exc:  # noqa: BLE001 - fall back to one call per episode
+        logging.getLogger("agent_lightning").warning("batched reward failed (%s); scoring one episode at a time",
+                                                     type(exc).__name__)
+        return {}
+    return dict(zip(healthy, values)) if len(values) == len(healthy) else {}
 
 
 def episode_metrics(trajectories: Sequence[Trajectory], prefix: str) -> dict[str, float]:

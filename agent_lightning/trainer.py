@@ -24,11 +24,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agent_lightning import checkpoint as ckpt
+from agent_lightning import distributed
+from agent_lightning import progress
 from agent_lightning.batch import check_invariants
 from agent_lightning.config import ConfigError, RunConfig, dump_yaml
 from agent_lightning.plugins import PluginManager, get_plugin_manager
 from agent_lightning.registry import RegistryError
-from agent_lightning.rollout import EnvPool, play
+from agent_lightning.replay import ReplayBuffer
+from agent_lightning.executors import create_executor
+from agent_lightning.rollout import EnvPool
 from agent_lightning.sampler import TaskSampler
 from agent_lightning.scoring import episode_metrics, score
 from agent_lightning.trackers.jsonl import truncate_metrics
@@ -55,8 +59,10 @@ class Trackers:
     def __init__(self, named: Sequence[tuple[str, Any]]):
         self.named = list(named)
 
-    def _each(self, method: str, *args: Any) -> None:
+    def _each(self, method: str, *args: Any, optional: bool = False) -> None:
         for name, tracker in list(self.named):
+            if optional and not hasattr(tracker, method):
+                continue  # optional methods: resume, log_trajectories, log_checkpoint
             try:
                 getattr(tracker, method)(*args)
             except Exception as exc:  # noqa: BLE001 - a tracker never stops training
@@ -72,6 +78,18 @@ class Trackers:
 
     def log_artifact(self, path: str, name: str | None = None) -> None:
         self._each("log_artifact", path, name)
+
+    def resume(self, step: int) -> None:
+        """The run continues from the checkpoint at ``step`` (called before ``log_config``)."""
+        self._each("resume", step, optional=True)
+
+    def log_trajectories(self, step: int, records: list[dict[str, Any]]) -> None:
+        """The step's sampled trajectories, as written to ``trajectories/step-N.jsonl``."""
+        self._each("log_trajectories", step, records, optional=True)
+
+    def log_checkpoint(self, step: int, path: str) -> None:
+        """A checkpoint folder was published."""
+        self._each("log_checkpoint", step, path, optional=True)
 
     def close(self) -> None:
         self._each("close")
@@ -98,6 +116,7 @@ class Trainer:
         self.run_dir = run_dir
         self.pm = plugin_manager or get_plugin_manager()
         c = config
+        distributed.init(c.trainer.distributed, device=c.backend.device)  # a no-op unless launched by torchrun
         # Cheap components first, so that configuration mistakes surface before the model loads.
         self.env_factory = lambda: _create(self.pm, "environment", "environment", c.environment.name, **c.environment.options)
         probe = self.env_factory()
@@ -107,17 +126,22 @@ class Trainer:
         self.algorithm = _create(self.pm, "algorithm", "algorithm", c.algorithm.name, **c.algorithm.options)
         run_dir.mkdir(parents=True, exist_ok=True)
         tracker_objs = [(t.name, _create(self.pm, "tracker", f"trackers[{t.name}]", t.name, run_dir=str(run_dir), **t.options))
-                        for t in c.trackers]
+                        for t in (c.trackers if distributed.is_main() else [])]  # rank 0 logs
         self.trackers = Trackers(tracker_objs)
         self.envs = EnvPool(self.env_factory)
         self.envs.instances.append(probe)
         self._seed_everything(c.trainer.seed)
-        self.backend = _create(self.pm, "backend", "backend", c.backend.name, c.model, c.backend, seed=c.trainer.seed)
+        with progress.task(progress.model_label(c.model)):
+            self.backend = _create(self.pm, "backend", "backend", c.backend.name, c.model, c.backend, seed=c.trainer.seed)
+        distributed.prepare_backend(self.backend, self.algorithm)  # rank 0's weights everywhere; FSDP wrapping
         self.algorithm.setup(self.backend, total_steps=c.trainer.steps, temperature=c.sampling.temperature)
         self.sampler = TaskSampler(self.train_tasks, c.trainer.seed)
         self.group_size = int(getattr(self.algorithm, "group_size", 1))
         self.executor = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="env")
+        self.rollout_executor = create_executor(c, backend=self.backend, envs=self.envs, threads=self.executor,
+                                                plugin_manager=self.pm)
         self.step = 0
+        self.replay = ReplayBuffer(c.trainer.replay, seed=c.trainer.seed, temperature=c.sampling.temperature)
 
     def describe(self) -> dict[str, Any]:
         """What this run is made of: model size, device, and the log-prob path used."""
@@ -147,61 +171,73 @@ class Trainer:
             self.backend.save(str(folder))
             ckpt.save_state({"sampler": self.sampler.state_dict(), "python_random": random.getstate(),
                              "torch_rng": torch.random.get_rng_state(),
-                             "algorithm": self.algorithm.state_dict()}, folder / "trainer_state")
+                             "algorithm": self.algorithm.state_dict(), "replay": self.replay.state_dict()},
+                            folder / "trainer_state")
             (folder / "trainer.json").write_text(json.dumps({"step": self.step}))
 
-        return ckpt.write_checkpoint(self.run_dir, self.step, write, self.config.trainer.keep_checkpoints)
+        with progress.task(f"writing checkpoint step-{self.step}"), distributed.checkpoint_state(self.backend):
+            if distributed.is_main():  # rank 0 writes; the others wait for it
+                ckpt.write_checkpoint(self.run_dir, self.step, write, self.config.trainer.keep_checkpoints)
+        distributed.barrier()
+        return ckpt.checkpoint_dir(self.run_dir) / f"step-{self.step}"
 
     def restore(self) -> bool:
         """Continue from the run directory's latest checkpoint; False when there is none."""
         import torch
 
-        found = ckpt.latest_checkpoint(self.run_dir)
+        found = distributed.broadcast_object(ckpt.latest_checkpoint(self.run_dir))  # rank 0's choice
         if found is None:
             return False
         step, folder = found
-        self.backend.load(str(folder))
+        distributed.load_backend(self.backend, folder)
         state = ckpt.load_state(folder / "trainer_state")
         self.sampler.load_state_dict(state["sampler"])
         random.setstate(state["python_random"])
         torch.random.set_rng_state(state["torch_rng"])
         self.algorithm.load_state_dict(state["algorithm"])
+        self.replay.load_state_dict(state.get("replay"))
         self.step = step
-        truncate_metrics(self.run_dir, step)
+        if distributed.is_main():
+            truncate_metrics(self.run_dir, step)
         return True
 
     # ------------------------------------------------------------------ episodes
 
-    def _play(self, jobs: list[tuple[str, Task, int]], temperature: float, generator: Any = None) -> list[Trajectory]:
-        trajectories = play(self.backend, self.envs, jobs, sampling=self.config.sampling, temperature=temperature,
-                            step_timeout_s=self.config.trainer.step_timeout_s, policy_version=self.backend.version,
-                            generator=generator, executor=self.executor)
+    def _play(self, jobs: list[tuple[str, Task, int]], temperature: float, seed: str | None = None) -> list[Trajectory]:
+        """Play through ``trainer.executor``; sampling noise is keyed by ``seed`` (default:
+        this training step's key), per episode and turn (``rollout.episode_seed``)."""
+        seed = f"{self.config.trainer.seed}/train/{self.step}" if seed is None else seed
+        with distributed.sampling_weights(self.backend):  # FSDP: whole layers while sampling
+            trajectories = self.rollout_executor.play(distributed.shard(jobs), temperature=temperature, seed=seed)  # this rank's share
         check_invariants(trajectories, vocab_size=self.backend.model.get_input_embeddings().num_embeddings,
                          decode=self.backend.decode)
-        return score(trajectories, self.reward)
+        return distributed.gather(score(trajectories, self.reward))  # every rank's, in job order
 
     def evaluate(self) -> dict[str, float]:
         """Held-out episodes with fixed sampling noise (the same at every evaluation)."""
-        import torch
-
+        held_out = getattr(self.algorithm, "held_out_metrics", None)  # an algorithm's own held-out metrics (offline DPO)
+        extra = {f"eval/{k}": v for k, v in held_out(self.backend).items()} if held_out else {}
         if not self.eval_tasks:
-            return {}
-        n = self.config.trainer.eval_episodes
-        jobs = [(f"eval-{i}/{self.eval_tasks[i % len(self.eval_tasks)].id}", self.eval_tasks[i % len(self.eval_tasks)], i)
-                for i in range(n)]
-        generator = torch.Generator().manual_seed(self.config.trainer.seed + 7919)
+            return extra
         started = time.perf_counter()
-        trajs = self._play(jobs, self.config.sampling.eval_temperature, generator)
+        trajs = self.play_evaluation(self.eval_tasks, self.config.trainer.eval_episodes)
         metrics = episode_metrics(trajs, "eval")
         metrics["eval/time_s"] = time.perf_counter() - started
-        return metrics
+        return {**metrics, **extra}
+
+    def play_evaluation(self, tasks: Sequence[Task], episodes: int) -> list[Trajectory]:
+        """``episodes`` scored episodes dealt round-robin over ``tasks`` at ``sampling.eval_temperature``,
+        with the evaluation's fixed sampling noise (``alightning eval`` plays these too)."""
+        jobs = [(f"eval-{i}/{tasks[i % len(tasks)].id}", tasks[i % len(tasks)], i) for i in range(episodes)]
+        return self._play(jobs, self.config.sampling.eval_temperature, seed=f"{self.config.trainer.seed}/eval")
 
     def _write_trajectories(self, trajectories: Sequence[Trajectory]) -> None:
         keep = self.config.trainer.log_trajectories
-        if not keep:
+        if not keep or not distributed.is_main():
             return
         folder = self.run_dir / "trajectories"
         folder.mkdir(exist_ok=True)
+        records = []
         with open(folder / f"step-{self.step}.jsonl", "w") as handle:
             for traj in trajectories[:keep]:
                 record = {
@@ -215,18 +251,25 @@ class Trainer:
                     "policy_mask": [int(m) for m in traj.policy_mask],
                 }
                 handle.write(json.dumps(record) + "\n")
+                records.append(record)
+        self.trackers.log_trajectories(self.step, records)
 
     # ------------------------------------------------------------------ loop
 
     def train_step(self) -> dict[str, float]:
         c = self.config
         started = time.perf_counter()
+        if not getattr(self.algorithm, "uses_rollouts", True):  # offline (DPO on a preference file): no rollouts
+            update = self.algorithm.offline_step(self.backend, self.step)
+            self.step += 1
+            return {**{f"train/{k}": v for k, v in update.items()}, "time/update_s": time.perf_counter() - started}
         tasks = self.sampler.next(c.trainer.batch_size)
         jobs = [(f"{task.id}/{k}", task, g) for g, task in enumerate(tasks) for k in range(self.group_size)]
         trajectories = self._play(jobs, c.sampling.temperature)
         rollout_s = time.perf_counter() - started
         metrics = episode_metrics(trajectories, "train")
         metrics["train/reward_mean"] = metrics.pop("train/mean_reward")
+        metrics.update(self.rollout_executor.metrics())  # e.g. rollout/worker_deaths (ray)
         failed = [t for t in trajectories if t.failure is not None]
         if len(failed) > c.trainer.max_failure_rate * len(trajectories):
             reasons = sorted({t.failure for t in failed})[:3]
@@ -237,11 +280,16 @@ class Trainer:
         for traj in failed:
             log.warning("episode %s failed: %s", traj.id, traj.failure)
         update_started = time.perf_counter()
-        batch = self.algorithm.prepare(trajectories)
+        mixed = self.replay.mix(trajectories, self.backend, self.step)  # fresh + replayed groups (fresh when off)
+        batch = self.replay.weigh(self.algorithm.prepare(mixed), self.backend)
+        if hasattr(self.backend, "correct_sampler_mismatch"):  # an external sampler (vLLM): truncated IS
+            batch, sampler_metrics = self.backend.correct_sampler_mismatch(batch, temperature=c.sampling.temperature)
+            metrics.update(sampler_metrics)
         update = self.algorithm.update(self.backend, batch)
         update_s = time.perf_counter() - update_started
         self.step += 1
         metrics.update({f"train/{k}": v for k, v in update.items()})
+        metrics.update(self.replay.metrics)
         metrics["time/rollout_s"] = rollout_s
         metrics["time/update_s"] = update_s
         tokens = sum(len(t.token_ids) for t in trajectories)
@@ -254,9 +302,12 @@ class Trainer:
         that ``--resume`` continues exactly: preemptible schedules use this)."""
         c = self.config
         stop = c.trainer.steps if until_step is None else min(until_step, c.trainer.steps)
-        (self.run_dir / "config.yaml").write_text(dump_yaml(c))
-        (self.run_dir / "run_info.json").write_text(json.dumps(self.describe(), indent=1))
+        if distributed.is_main():
+            (self.run_dir / "config.yaml").write_text(dump_yaml(c))
+            (self.run_dir / "run_info.json").write_text(json.dumps(self.describe(), indent=1))
         resumed = self.restore() if resume else False
+        if resumed:
+            self.trackers.resume(self.step)
         self.trackers.log_config(c.to_dict())
         first_eval: dict[str, float] = {}
         last_eval: dict[str, float] = {}
@@ -272,9 +323,10 @@ class Trainer:
                     metrics.update(last_eval)
                 self.trackers.log_metrics(self.step, metrics)
                 if (c.trainer.checkpoint_every and self.step % c.trainer.checkpoint_every == 0) or self.step == stop:
-                    self.save_checkpoint()
+                    self.trackers.log_checkpoint(self.step, str(self.save_checkpoint()))
         finally:
             self.trackers.close()
+            self.rollout_executor.close()
             self.envs.close()
             self.executor.shutdown(wait=False, cancel_futures=True)
         return RunResult(self.run_dir, self.step, first_eval, last_eval)

@@ -211,7 +211,10 @@ class Environment(Protocol):
 
 Reward = Callable[[Trajectory], Union[float, RewardResult]]
 """A reward: scores a finished trajectory. Registered as a factory
-``factory(**options) -> Reward``. Raising or returning NaN/inf fails that episode only."""
+``factory(**options) -> Reward``. Raising or returning NaN/inf fails that episode only.
+A reward may also have ``batch(trajectories) -> list`` (one value, or an exception instance
+that fails that episode, per trajectory, in order), which the scorer then calls once for all
+of a step's healthy episodes (batched models, concurrent requests)."""
 
 
 @runtime_checkable

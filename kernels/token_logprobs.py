@@ -6,14 +6,20 @@ in tiles of ``BLOCK_V``; each logits tile ``[BLOCK_N, BLOCK_V]`` is a ``tl.dot``
 partial last tile is masked to ``-inf``) plus the target logit and, for the entropy, the
 running ``sum exp(z - m) * (z - m)``. Nothing of size ``[N, V]`` exists at any time.
 
+Logit scale and soft-cap (``agent_lightning.ops.logprobs`` has the maths): a tile is
+``u = (hidden @ weight.T + bias) * pre``, then, when ``HAS_SOFTCAP``, ``z = tanh(u) * post``.
+``tanh`` is computed from ``exp`` (``_tanh``): libdevice's is not available to the
+interpreter, and one code path for both keeps the CPU tests meaningful.
+
 Backward, vocab slab by vocab slab (``SLAB_V`` rows of the weight) and, inside a slab,
 token chunk by token chunk (``CHUNK_N`` rows): ``_grad_logits_kernel`` recomputes the
-logits tile and writes ``d/dlogits = (g_lp * (onehot - p) - g_ent * p * (log p + H)) / T``
-into a ``[CHUNK_N, SLAB_V]`` buffer (input dtype); then ``grad_hidden[chunk] += buffer @
-weight[slab]`` (cuBLAS) and ``grad_weight[slab] += buffer.T @ hidden[chunk]``
-(``_accumulate_at_b_kernel``) into a float32 slab accumulator, written once per slab into
-the gradient. Four matmuls in all — the price of honouring a per-token upstream gradient
-without storing ``[N, V]`` — and extra memory bounded by the slab and the buffer.
+logits tile and writes ``d/dy = (g_lp * (onehot - p) - g_ent * p * (log p + H)) * s / T``
+(times ``1 - tanh(u)**2`` with a soft-cap) into a ``[CHUNK_N, SLAB_V]`` buffer (input
+dtype); then ``grad_hidden[chunk] += buffer @ weight[slab]`` (cuBLAS) and
+``grad_weight[slab] += buffer.T @ hidden[chunk]`` (``_accumulate_at_b_kernel``) into a
+float32 slab accumulator, written once per slab into the gradient. Four matmuls in all —
+the price of honouring a per-token upstream gradient without storing ``[N, V]`` — and extra
+memory bounded by the slab and the buffer.
 
 Float32 inputs use IEEE float32 ``tl.dot`` (no TF32); bf16/fp16 inputs multiply in their
 dtype and accumulate in float32.
@@ -49,9 +55,39 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w
 
 
 @triton.jit
+def _tanh(u):
+    """``tanh(u)`` in float32 to a few ulp: an odd Taylor polynomial near 0 (where the
+    exp form would cancel), ``(1 - e) / (1 + e)`` with ``e = exp(-2|u|)`` elsewhere."""
+    a = tl.abs(u)
+    e = tl.exp(-2.0 * a)
+    far = (1.0 - e) / (1.0 + e)
+    a2 = a * a
+    # tanh(a) = a - a^3/3 + 2a^5/15 - 17a^7/315 + 62a^9/2835 - ...; truncation < 1e-9 relative below 0.125
+    near = a * (1.0 + a2 * (-1.0 / 3.0 + a2 * (2.0 / 15.0 + a2 * (-17.0 / 315.0 + a2 * (62.0 / 2835.0)))))
+    t = tl.where(a < 0.125, near, far)
+    return tl.where(u < 0, -t, t)
+
+
+@triton.jit
+def _head_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w, pre, post,
+               HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+               PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``(z, 1 - tanh(u)**2)`` of one tile (the second is 1 without a soft-cap)."""
+    u = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
+                     BLOCK_N, BLOCK_V, BLOCK_H, PRECISION, UPCAST) * pre
+    if HAS_BIAS:
+        u += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :] * pre
+    if HAS_SOFTCAP:
+        t = _tanh(u)
+        return t * post, 1.0 - t * t
+    return u, tl.full((BLOCK_N, BLOCK_V), 1.0, dtype=tl.float32)
+
+
+@triton.jit
 def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, logp_ptr, lse_ptr, ent_ptr,
-                N, V, H, stride_h, stride_w, inv_t,
-                HAS_BIAS: tl.constexpr, WANT_ENT: tl.constexpr,
+                N, V, H, stride_h, stride_w, pre, post,
+                HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, WANT_ENT: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -64,10 +100,8 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, logp_ptr, lse_ptr, ent_ptr,
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < V
-        z = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
-                         BLOCK_N, BLOCK_V, BLOCK_H, PRECISION, UPCAST) * inv_t
-        if HAS_BIAS:
-            z += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :] * inv_t
+        z, _ = _head_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w, pre, post,
+                          HAS_BIAS, HAS_SOFTCAP, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION, UPCAST)
         z = tl.where(col_ok[None, :], z, float("-inf"))
         z_tgt += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), axis=1)
         new_max = tl.maximum(run_max, tl.max(z, axis=1))
@@ -90,8 +124,8 @@ def _fwd_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, logp_ptr, lse_ptr, ent_ptr,
 
 @triton.jit
 def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, g_lp_ptr, g_ent_ptr, out_ptr,
-                        row0, N, col0, V, H, stride_h, stride_w, stride_out, inv_t,
-                        HAS_BIAS: tl.constexpr, USE_ENT: tl.constexpr,
+                        row0, N, col0, V, H, stride_h, stride_w, stride_out, pre, post,
+                        HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, USE_ENT: tl.constexpr,
                         BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                         PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     local = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -100,12 +134,10 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, g_lp_ptr
     local_cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     cols = col0 + local_cols
     col_ok = cols < V  # V here is the end of this slab of the vocabulary
-    z = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
-                     BLOCK_N, BLOCK_V, BLOCK_H, PRECISION, UPCAST) * inv_t
-    if HAS_BIAS:
-        z += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :] * inv_t
+    z, dcap = _head_tile(h_ptr, w_ptr, b_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w, pre, post,
+                         HAS_BIAS, HAS_SOFTCAP, BLOCK_N, BLOCK_V, BLOCK_H, PRECISION, UPCAST)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
-    g_lp = tl.load(g_lp_ptr + rows, mask=row_ok, other=0.0)  # already divided by T
+    g_lp = tl.load(g_lp_ptr + rows, mask=row_ok, other=0.0)  # already times s / T
     tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=0)
     # Columns past V hold garbage logits; zero them so nothing overflows there.
     log_p = tl.where(col_ok[None, :], z - lse[:, None], 0.0)
@@ -116,6 +148,8 @@ def _grad_logits_kernel(h_ptr, w_ptr, b_ptr, tgt_ptr, lse_ptr, ent_ptr, g_lp_ptr
         g_ent = tl.load(g_ent_ptr + rows, mask=row_ok, other=0.0)
         coef = coef + g_ent[:, None] * (log_p + ent[:, None])
     grad = tl.where(cols[None, :] == tgt[:, None], g_lp[:, None], 0.0) - p * coef
+    if HAS_SOFTCAP:
+        grad = grad * dcap
     ok = row_ok[:, None] & col_ok[None, :]
     tl.store(out_ptr + local[:, None] * stride_out + local_cols[None, :], grad.to(out_ptr.dtype.element_ty), mask=ok)
 
@@ -172,7 +206,7 @@ def _accumulate_blocks() -> tuple[int, int, int]:
 
 class _TritonTokenLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, want_entropy, blocks):
+    def forward(ctx, hidden, weight, bias, targets, head, want_entropy, blocks):
         n, hdim = hidden.shape
         vocab = weight.shape[0]
         dev = hidden.device
@@ -184,12 +218,12 @@ class _TritonTokenLogprobs(torch.autograd.Function):
             _fwd_kernel[(triton.cdiv(n, blocks["BLOCK_N"]),)](
                 hidden, weight, bias if bias is not None else hidden, targets, logp, lse,
                 ent if want_entropy else lse,
-                n, vocab, hdim, hidden.stride(0), weight.stride(0), 1.0 / temperature,
-                HAS_BIAS=bias is not None, WANT_ENT=want_entropy, **precision,
+                n, vocab, hdim, hidden.stride(0), weight.stride(0), head.pre, head.post,
+                HAS_BIAS=bias is not None, HAS_SOFTCAP=head.softcap is not None, WANT_ENT=want_entropy, **precision,
                 BLOCK_N=blocks["BLOCK_N"], BLOCK_V=blocks["BLOCK_V"], BLOCK_H=blocks["BLOCK_H"],
             )
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
-        ctx.temperature, ctx.want_entropy, ctx.blocks = temperature, want_entropy, blocks
+        ctx.head, ctx.want_entropy, ctx.blocks = head, want_entropy, blocks
         if not want_entropy:
             ctx.mark_non_differentiable(ent)
         return logp, ent
@@ -201,12 +235,12 @@ class _TritonTokenLogprobs(torch.autograd.Function):
         n, hdim = hidden.shape
         vocab = weight.shape[0]
         dev = hidden.device
-        inv_t = 1.0 / ctx.temperature
+        head = ctx.head
         blocks = ctx.blocks
         precision = _precision(hidden.dtype)
-        g_lp = (grad_logp.float() if grad_logp is not None else torch.zeros(n, device=dev)) * inv_t
+        g_lp = (grad_logp.float() if grad_logp is not None else torch.zeros(n, device=dev)) * head.grad_scale
         use_ent = ctx.want_entropy and grad_ent is not None
-        g_ent = (grad_ent.float() * inv_t).contiguous() if use_ent else g_lp
+        g_ent = (grad_ent.float() * head.grad_scale).contiguous() if use_ent else g_lp
         g_lp = g_lp.contiguous()
         # grad_hidden accumulates over vocab slabs in hidden's dtype (cuBLAS adds in float32
         # and rounds once per slab); grad_weight of a slab accumulates over all tokens in
@@ -235,8 +269,8 @@ class _TritonTokenLogprobs(torch.autograd.Function):
                 _grad_logits_kernel[grid](
                     hidden, weight, bias if bias is not None else hidden, targets, lse,
                     ent if use_ent else lse, g_lp, g_ent, tile,
-                    s, e, v0, v1, hdim, hidden.stride(0), weight.stride(0), tile.stride(0), inv_t,
-                    HAS_BIAS=bias is not None, USE_ENT=use_ent, **precision,
+                    s, e, v0, v1, hdim, hidden.stride(0), weight.stride(0), tile.stride(0), head.pre, head.post,
+                    HAS_BIAS=bias is not None, HAS_SOFTCAP=head.softcap is not None, USE_ENT=use_ent, **precision,
                     BLOCK_N=blocks["BLOCK_N"], BLOCK_V=blocks["BLOCK_V"], BLOCK_H=blocks["BLOCK_H"],
                 )
                 if need_h:
@@ -270,6 +304,9 @@ def triton_token_logprobs(
     temperature: float,
     return_entropy: bool,
     blocks: dict | None = None,
+    *,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton path of ``agent_lightning.ops.token_logprobs`` (already validated inputs).
 
@@ -283,6 +320,8 @@ def triton_token_logprobs(
         blocks: Overrides of the tile sizes ``BLOCK_N``/``BLOCK_V``/``BLOCK_H`` (powers of two
             >= 16) and of the backward split ``SLAB_V``/``CHUNK_N``; tests use it to force
             partial tiles, several slabs and several chunks.
+        logit_scale: Multiplies the lm-head output (> 0).
+        softcap: Final logit soft-cap ``c`` (``c * tanh(logits / c)``), or ``None``.
 
     Returns:
         ``(logprobs [N] float32, entropy [N] float32 or [0])``.
@@ -293,4 +332,7 @@ def triton_token_logprobs(
     targets = targets.contiguous()
     bias = bias.contiguous() if bias is not None else None
     blocks = dict(_blocks(hidden.shape[1]), **(blocks or {}))
-    return _TritonTokenLogprobs.apply(hidden, weight, bias, targets, float(temperature), return_entropy, blocks)
+    from agent_lightning.ops.logprobs import HeadTransform
+
+    head = HeadTransform(float(temperature), float(logit_scale), None if softcap is None else float(softcap))
+    return _TritonTokenLogprobs.apply(hidden, weight, bias, targets, head, return_entropy, blocks)

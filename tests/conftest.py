@@ -10,6 +10,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Triton reads TRITON_INTERPRET when @triton.jit decorates a kernel, i.e. when
+# agent_lightning.kernels is first imported — which any test module (not only tests/ops) may
+# trigger through agent_lightning.ops. Without a GPU, interpret: set it before any test module
+# is imported. With a GPU the variable is left alone and the kernels are compiled.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 
 def pytest_configure(config):
     """The suite's models are tiny: one intra-op thread each is fastest, and keeps two

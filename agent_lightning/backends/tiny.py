@@ -1,7 +1,8 @@
 """Built-in tiny random-init models for the quickstart and tests.
 
-A tiny preset is a real ``transformers`` causal LM (Llama, Qwen2 or Mistral architecture)
-built from a config in code, with a real ``PreTrainedTokenizerFast``: a word-level
+A tiny preset is a real ``transformers`` causal LM built from a config in code (any family of
+:data:`ARCHITECTURES`: Llama, Mistral, Qwen2/3, DeepSeek V2/V3, Gemma 1/2/3, Phi/Phi-3, Cohere,
+Granite), with a real ``PreTrainedTokenizerFast``: a word-level
 vocabulary (lower-cased, split on whitespace and punctuation) with role markers as special
 tokens and a chat template, so everything downstream (chat templating, stop tokens,
 token-in/token-out) runs the same code paths as a Hub model.
@@ -28,7 +29,69 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
 )
 
-ARCHITECTURES = ("llama", "qwen2", "mistral")
+
+
+def _head_dim(o: dict) -> int:
+    return o["hidden_size"] // o["num_attention_heads"]
+
+
+def _gemma(o: dict) -> dict:
+    return {"head_dim": _head_dim(o)}
+
+
+def _gemma2(o: dict) -> dict:
+    # query_pre_attn_scalar is the inverse square of the attention scale (256 in the real models).
+    return {"head_dim": _head_dim(o), "query_pre_attn_scalar": _head_dim(o)}
+
+
+def _deepseek(o: dict) -> dict:
+    """Multi-head latent attention and a small mixture of experts (layer 0 dense, the rest MoE)."""
+    d = _head_dim(o)
+    rope = max(2, d // 2) // 2 * 2
+    return {
+        "num_key_value_heads": o["num_attention_heads"],
+        "q_lora_rank": o["hidden_size"] // 2,
+        "kv_lora_rank": o["hidden_size"] // 2,
+        "qk_rope_head_dim": rope,
+        "qk_nope_head_dim": d,
+        "v_head_dim": d,
+        "moe_intermediate_size": max(8, o["intermediate_size"] // 4),
+        "n_routed_experts": 4,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 2,
+        "first_k_dense_replace": 1,
+    }
+
+
+def _deepseek_v3(o: dict) -> dict:
+    return {**_deepseek(o), "n_group": 2, "topk_group": 1}
+
+
+def _phi3(o: dict) -> dict:
+    return {"original_max_position_embeddings": o["max_position_embeddings"]}
+
+
+def _nothing(o: dict) -> dict:
+    return {}
+
+
+# architecture -> (transformers config class, causal LM class, extra config for tiny sizes)
+ARCHITECTURE_CLASSES: dict[str, tuple[str, str, Any]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", _nothing),
+    "mistral": ("MistralConfig", "MistralForCausalLM", _nothing),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", _nothing),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", _gemma),
+    "deepseek_v2": ("DeepseekV2Config", "DeepseekV2ForCausalLM", _deepseek),
+    "deepseek_v3": ("DeepseekV3Config", "DeepseekV3ForCausalLM", _deepseek_v3),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", _gemma),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", _gemma2),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", _gemma2),
+    "phi": ("PhiConfig", "PhiForCausalLM", _nothing),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", _phi3),
+    "cohere": ("CohereConfig", "CohereForCausalLM", _nothing),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", _nothing),
+}
+ARCHITECTURES = tuple(ARCHITECTURE_CLASSES)
 
 
 def build_vocab(words: Sequence[str] = DEFAULT_WORDS, max_number: int = 32) -> list[str]:
@@ -71,42 +134,53 @@ def build_model(
     num_kv_heads: int | None = None,
     intermediate_size: int | None = None,
     max_positions: int = 512,
-    tie_embeddings: bool = False,
+    tie_embeddings: bool | None = False,
+    config: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> Any:
-    """A random-init causal LM sized for a laptop CPU; deterministic for a given seed."""
+    """A random-init causal LM sized for a laptop CPU; deterministic for a given seed.
+
+    Args:
+        architecture: A key of :data:`ARCHITECTURE_CLASSES` (the model family).
+        tie_embeddings: Share the input embedding with the lm head; ``None`` keeps the family's
+            default (tied for Gemma and Cohere).
+        config: Further keyword arguments of the family's transformers config, applied last
+            (``{"final_logit_softcapping": 5.0}``, ``{"sliding_window": 8}``...).
+    """
     import torch
     import transformers
 
-    if architecture not in ARCHITECTURES:
+    if architecture not in ARCHITECTURE_CLASSES:
         raise ValueError(f"model.preset_options.architecture: unknown '{architecture}' (allowed: {', '.join(ARCHITECTURES)})")
-    config_cls = {
-        "llama": transformers.LlamaConfig,
-        "qwen2": transformers.Qwen2Config,
-        "mistral": transformers.MistralConfig,
-    }[architecture]
-    config = config_cls(
-        vocab_size=len(tokenizer),
+    config_name, model_name, family_extras = ARCHITECTURE_CLASSES[architecture]
+    config_cls, model_cls = getattr(transformers, config_name), getattr(transformers, model_name)
+    sizes = dict(
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 4 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads or num_heads,
         max_position_embeddings=max_positions,
-        tie_word_embeddings=tie_embeddings,
+    )
+    kwargs = dict(
+        vocab_size=len(tokenizer),
+        **sizes,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    model_cls = {
-        "llama": transformers.LlamaForCausalLM,
-        "qwen2": transformers.Qwen2ForCausalLM,
-        "mistral": transformers.MistralForCausalLM,
-    }[architecture]
+    if tie_embeddings is not None:
+        kwargs["tie_word_embeddings"] = tie_embeddings
+    kwargs.update(family_extras(sizes))
+    kwargs.update(config or {})
+    try:
+        model_config = config_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"model.preset_options: invalid {architecture} config: {exc}") from exc
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = model_cls(config)
+        model = model_cls(model_config)
     finally:
         torch.random.set_rng_state(state)
     return model

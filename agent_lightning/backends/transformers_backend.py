@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from agent_lightning import distributed
 from agent_lightning.backends.chat_tokens import ChatTokens
 from agent_lightning.config import BackendConfig, ModelConfig
 from agent_lightning.hookspecs import hookimpl
@@ -87,11 +88,13 @@ def load_model_and_tokenizer(model_cfg: ModelConfig, seed: int) -> tuple[Any, An
 def _attach_lora(model: Any, lora: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    from agent_lightning.backends.lora_targets import resolve_target_modules
+
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=resolve_target_modules(model, lora.target_modules),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
@@ -116,13 +119,18 @@ class TransformersBackend:
         if backend_config.threads:
             torch.set_num_threads(backend_config.threads)
         self.device = torch.device(_resolve_device(backend_config.device))
-        model, tokenizer = load_model_and_tokenizer(model_config, seed)
-        if model_config.preset and model_config.dtype != "float32":
+        if model_config.quantization:  # QLoRA: a 4-bit base placed on the GPU at load
+            from agent_lightning.quantization import load_quantized
+
+            model, tokenizer = load_quantized(model_config, seed, self.device)
+        else:
+            model, tokenizer = load_model_and_tokenizer(model_config, seed)
+        if model_config.preset and model_config.dtype != "float32" and not model_config.quantization:
             model = model.to(_dtype(model_config.dtype))
         self.is_lora = model_config.lora is not None
         if self.is_lora:
             model = _attach_lora(model, model_config.lora)
-        self.model = model.to(self.device)
+        self.model = model if model_config.quantization else model.to(self.device)
         self.tokenizer = tokenizer
         self.chat = ChatTokens(tokenizer)
         self.stop_ids = self.chat.stop_token_ids()
@@ -161,8 +169,8 @@ class TransformersBackend:
     ) -> list[Generation]:
         """Sample one continuation per prompt (left-padded batch, KV cache).
 
-        ``temperature == 0`` is greedy. ``generator`` (a CPU ``torch.Generator``) defaults to
-        the backend's own, whose state is checkpointed. Log-probs are under the temperature-scaled full
+        ``temperature == 0`` is greedy. ``generator`` (a CPU ``torch.Generator``, or a list
+        with one per prompt) defaults to the backend's own, whose state is checkpointed. Log-probs are under the temperature-scaled full
         distribution (before top-p truncation), which is what training recomputes.
         """
         import torch
@@ -233,13 +241,18 @@ class TransformersBackend:
             keep = sorted_p.cumsum(-1) - sorted_p < top_p
             sorted_p = sorted_p * keep
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-        token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
+        if isinstance(generator, (list, tuple)):  # one generator per row: noise independent of the batch
+            cpu = probs.cpu()
+            token = torch.cat([torch.multinomial(cpu[i:i + 1], 1, generator=g)[0] for i, g in enumerate(generator)])
+            token = token.to(logits.device)
+        else:
+            token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
         return token, logprobs.gather(-1, token[:, None])[:, 0]
 
     # ------------------------------------------------------------------ training forward
 
     def token_logprobs(self, batch: Any, *, temperature: float, with_entropy: bool = False,
-                       reference: bool = False) -> tuple[Any, Any]:
+                       reference: bool = False, with_hidden: bool = False) -> tuple[Any, ...]:
         """Log-probs (and entropy) of the policy tokens of a packed batch.
 
         Args:
@@ -247,6 +260,8 @@ class TransformersBackend:
             temperature: The sampling temperature (logits are divided by it).
             with_entropy: Also return the per-token entropy.
             reference: Use the frozen reference policy (no gradient).
+            with_hidden: Also return, third, the final hidden states that predict the policy
+                tokens, ``[N, H]`` in the model's dtype (for a value head).
 
         Returns:
             ``(logprobs [N], entropy [N] | None)`` float32 over the batch's policy tokens in
@@ -269,14 +284,14 @@ class TransformersBackend:
                 model, batch.input_ids.to(self.device), batch.position_ids.to(self.device),
                 batch.cu_seqlens.to(self.device),
             )
-            weight, bias = modeling.lm_head(model)
+            head = modeling.output_head(model)  # weight, bias, logit scale, soft-cap of the family
             index = batch.policy_index.to(self.device)
             targets = batch.input_ids.to(self.device)[index]
-            out = ops.token_logprobs(hidden[index - 1], weight, targets, bias=bias,
+            out = ops.token_logprobs(hidden[index - 1], head.weight, targets, bias=head.bias,
+                                     logit_scale=head.logit_scale, softcap=head.softcap,
                                      temperature=temperature, return_entropy=with_entropy)
-        if with_entropy:
-            return out.logprobs, out.entropy
-        return out, None
+        result = (out.logprobs, out.entropy) if with_entropy else (out, None)
+        return (*result, hidden[index - 1]) if with_hidden else result
 
     def reference_model(self) -> Any:
         """The frozen reference: the base model with adapters off (LoRA), else a frozen copy."""
@@ -296,12 +311,17 @@ class TransformersBackend:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def configure_optimizer(self, *, lr: float, weight_decay: float, betas: tuple[float, float],
-                            warmup_steps: int, total_steps: int, schedule: str) -> None:
-        """AdamW over the trainable parameters with a warmup + ``constant|linear|cosine`` schedule."""
+                            warmup_steps: int, total_steps: int, schedule: str,
+                            extra_param_groups: Sequence[dict[str, Any]] = ()) -> None:
+        """AdamW over the trainable parameters with a warmup + ``constant|linear|cosine`` schedule.
+
+        ``extra_param_groups``: more AdamW groups (``{"params": [...], "name": str, "lr": ...}``),
+        such as an algorithm's value head or critic: stepped, scheduled, clipped (each group on
+        its own) and checkpointed with the policy."""
         import torch
 
-        self.optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=lr, weight_decay=weight_decay,
-                                           betas=betas, foreach=False)
+        groups = [{"params": self.trainable_parameters()}, *extra_param_groups]
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas, foreach=False)
 
         def factor(step: int) -> float:
             if warmup_steps and step < warmup_steps:
@@ -314,18 +334,22 @@ class TransformersBackend:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def optimizer_step(self, max_grad_norm: float) -> dict[str, float]:
-        """Clip, step, schedule, zero; returns ``grad_norm`` and ``lr``."""
+        """Clip (each param group on its own), step, schedule, zero; returns ``grad_norm`` and
+        ``lr`` of the policy, and ``grad_norm_<name>`` of each extra group."""
         import torch
 
-        params = self.trainable_parameters()
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else float("inf"))
-        lr = self.optimizer.param_groups[0]["lr"]
-        if torch.isfinite(norm):
+        limit = max_grad_norm if max_grad_norm > 0 else float("inf")
+        groups = self.optimizer.param_groups
+        distributed.average_gradients([p for g in groups for p in g["params"]])  # across ranks (torchrun)
+        norms = [distributed.clip_grad_norm_(g["params"], limit) for g in groups]  # torch's, FSDP-aware
+        lr = groups[0]["lr"]
+        if all(torch.isfinite(n) for n in norms):
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.version += 1
-        return {"grad_norm": float(norm), "lr": float(lr)}
+        extra = {f"grad_norm_{g.get('name', i)}": float(n) for i, (g, n) in enumerate(zip(groups, norms)) if i}
+        return {"grad_norm": float(norms[0]), "lr": float(lr), **extra}
 
     def train_mode(self, training: bool) -> None:
         self.model.train(training)

@@ -30,6 +30,7 @@ import re
 from typing import Any, Sequence
 
 from agent_lightning.envs.data import tool_use_tasks as _tasks
+from agent_lightning.envs.tool_demos import brief_description, demonstration_messages
 from agent_lightning.envs.tools import BUILTIN_TOOLS, Tool, ToolError, ToolState, validate
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.rewards.matching import extract_number, normalize_text, numbers_match
@@ -51,10 +52,14 @@ def _loads(text: str) -> Any:
     return json.loads(text, parse_constant=_reject_constant)
 
 
-def system_prompt(tools: Sequence[Tool]) -> str:
-    schemas = "\n".join(json.dumps(t.schema()) for t in tools)
+def system_prompt(tools: Sequence[Tool], brief: bool = False) -> str:
+    """The system message: the tools as JSON schemas (or one line each when ``brief``) and the format."""
+    if brief:
+        listing = "Available tools:\n" + "\n".join(brief_description(t) for t in tools) + "\n"
+    else:
+        listing = "Available tools, as JSON schemas:\n<tools>\n" + "\n".join(json.dumps(t.schema()) for t in tools) + "\n</tools>\n"
     return ("You are a careful assistant that answers questions by calling tools.\n"
-            f"Available tools, as JSON schemas:\n<tools>\n{schemas}\n</tools>\n"
+            f"{listing}"
             "To call a tool, reply with\n"
             '<tool_call>{"name": "<tool name>", "arguments": {<arguments as JSON>}}</tool_call>\n'
             "Each result comes back in a tool message. When you know the answer, reply with\n"
@@ -63,14 +68,21 @@ def system_prompt(tools: Sequence[Tool]) -> str:
 
 
 class ToolUseEnv:
-    """Answer questions with a calculator, a document search and a key-value store (multi-turn)."""
+    """Answer questions with a calculator, a document search and a key-value store (multi-turn).
+
+    Prompt options: ``tools`` restricts the toolset (names from ``BUILTIN_TOOLS``);
+    ``tool_descriptions`` is ``"json"`` (full schemas) or ``"brief"`` (one line per tool);
+    ``demonstrations`` puts that many worked examples (see ``tool_demos``) before the
+    question as chat turns, which small models need to pick up the call format.
+    """
 
     description = "answer questions by calling calculator, document-search and key-value tools (multi-turn)"
 
     def __init__(self, max_turns: int = 6, families: Sequence[str] | None = None, num_train: int = 400,
                  num_eval: int = 100, seed: int = 0, observation_role: str = "tool",
                  max_calls_per_turn: int = 4, max_call_chars: int = 1000, max_action_chars: int = 8000,
-                 error_penalty: float = 0.0):
+                 error_penalty: float = 0.0, tools: Sequence[str] | None = None,
+                 tool_descriptions: str = "json", demonstrations: int = 0):
         unknown = sorted(set(families or ()) - set(_tasks.FAMILIES))
         if unknown:
             raise ValueError(f"environment.families: unknown {unknown} (known: {', '.join(_tasks.FAMILIES)})")
@@ -86,7 +98,16 @@ class ToolUseEnv:
         self.max_call_chars = max_call_chars
         self.max_action_chars = max_action_chars
         self.error_penalty = error_penalty
-        self.tools: dict[str, Tool] = dict(BUILTIN_TOOLS)
+        missing = sorted(set(tools or ()) - set(BUILTIN_TOOLS))
+        if missing:
+            raise ValueError(f"environment.tools: unknown {missing} (known: {', '.join(BUILTIN_TOOLS)})")
+        if tool_descriptions not in ("json", "brief"):
+            raise ValueError(f"environment.tool_descriptions must be 'json' or 'brief', got {tool_descriptions!r}")
+        if demonstrations < 0:
+            raise ValueError(f"environment.demonstrations must be >= 0, got {demonstrations}")
+        self.tools: dict[str, Tool] = {name: tool for name, tool in BUILTIN_TOOLS.items() if not tools or name in tools}
+        self.tool_descriptions = tool_descriptions
+        self.demonstrations = demonstrations
         self._splits: dict[str, list[Task]] = {}
         self._task: Task | None = None
         self._state = ToolState()
@@ -97,11 +118,14 @@ class ToolUseEnv:
     def tasks(self, split: str) -> list[Task]:
         check_split("tool-use", split)
         if not self._splits:
-            system = {"role": "system", "content": system_prompt(list(self.tools.values()))}
+            system = {"role": "system", "content": system_prompt(list(self.tools.values()),
+                                                                 brief=self.tool_descriptions == "brief")}
+            demos = tuple(demonstration_messages(self.families, self.tools, self.demonstrations,
+                                                 self.observation_role))
             train, evals = _tasks.generate(self.families, self.num_train, self.num_eval, self.seed)
             for name, items in (("train", train), ("eval", evals)):
                 self._splits[name] = [
-                    Task(id=item["id"], prompt=(system, {"role": "user", "content": item["question"]}),
+                    Task(id=item["id"], prompt=(system, *demos, {"role": "user", "content": item["question"]}),
                          reference=item["reference"], split=name)
                     for item in items
                 ]

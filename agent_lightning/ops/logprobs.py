@@ -8,14 +8,23 @@ with an online log-sum-exp, so its largest temporary is one ``[CHUNK_ROWS, tile]
 tile of ``TILE_BYTES``; the backward pass recomputes the tiles (4 matmuls in all instead of
 3, traded for never allocating, faulting in and sweeping ``[N, V]`` arrays).
 
-Maths, with ``z = (hidden @ weight.T + bias) / temperature`` and ``p = softmax(z)``::
+Maths. The lm head of most models is ``y = hidden @ weight.T + bias``; some families
+transform it before the softmax: a logit scale ``s`` (Cohere ``logit_scale``, Granite
+``1 / logits_scaling``) and a final soft-cap ``c`` (Gemma 2/3 ``final_logit_softcapping``)::
+
+    logits = s * y                       (no soft-cap)
+    logits = c * tanh(s * y / c)         (soft-cap c)
+    z = logits / temperature,  p = softmax(z)
 
     logprob_i = z[i, target_i] - logsumexp(z[i])
     entropy_i = logsumexp(z[i]) - sum_v p[i, v] z[i, v]
     d logprob_i / d z[i] = onehot(target_i) - p[i]
     d entropy_i / d z[i] = -p[i] * (log p[i] + entropy_i)
 
-and ``d / d logits = (d / d z) / temperature``.
+and ``d z / d y = (s / temperature) * (1 - tanh(s * y / c)**2)`` (the last factor only with
+a soft-cap). Both paths compute a tile as ``u = y * pre`` with ``pre = s / temperature``
+(``s / c`` with a soft-cap, then ``z = tanh(u) * c / temperature``), and fold
+``s / temperature`` into the upstream gradients of the backward pass.
 """
 
 from __future__ import annotations
@@ -50,12 +59,37 @@ class TokenLogprobs(NamedTuple):
     """Per-token KL estimate against ``ref_logprobs`` (see :func:`agent_lightning.ops.kl_penalty`)."""
 
 
+class HeadTransform(NamedTuple):
+    """The transform from lm-head output ``y`` to the softmax input ``z`` (module docstring)."""
+
+    temperature: float
+    logit_scale: float
+    softcap: float | None
+
+    @property
+    def pre(self) -> float:
+        """``u = y * pre``: ``s / T``, or ``s / c`` with a soft-cap."""
+        return self.logit_scale / (self.softcap if self.softcap is not None else self.temperature)
+
+    @property
+    def post(self) -> float:
+        """With a soft-cap ``z = tanh(u) * post`` (``c / T``)."""
+        return self.softcap / self.temperature if self.softcap is not None else 1.0
+
+    @property
+    def grad_scale(self) -> float:
+        """``d z / d y`` without the ``1 - tanh**2`` factor: ``s / T``."""
+        return self.logit_scale / self.temperature
+
+
 def token_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
     temperature: float = 1.0,
     return_entropy: bool = False,
     mask: torch.Tensor | None = None,
@@ -70,7 +104,12 @@ def token_logprobs(
         weight: ``[V, H]`` lm-head weight (``nn.Linear(H, V).weight``), any float dtype.
         targets: ``[N]`` int64 token ids in ``[0, V)``.
         bias: ``[V]`` lm-head bias, or ``None``.
-        temperature: Logits are divided by it (sampling temperature), must be > 0.
+        logit_scale: The lm-head output is multiplied by it before the soft-cap (Cohere's
+            ``logit_scale``, Granite's ``1 / logits_scaling``); must be > 0.
+        softcap: Final logit soft-cap ``c``: logits become ``c * tanh(logits / c)`` (Gemma 2/3
+            ``final_logit_softcapping``); ``None`` for none, else > 0.
+        temperature: Logits (after scale and soft-cap) are divided by it (sampling
+            temperature), must be > 0.
         return_entropy: Also return the per-token entropy (differentiable).
         mask: ``[N]`` bool; rows with ``False`` get 0 in every output and no gradient
             (and cost nothing). ``None`` means every row is valid.
@@ -90,6 +129,7 @@ def token_logprobs(
     from agent_lightning.ops import dispatch
 
     _check_inputs(hidden, weight, targets, bias, temperature, mask, ref_logprobs)
+    head = _check_head(logit_scale, softcap)
     n = hidden.shape[0]
     out_dtype = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
 
@@ -111,9 +151,9 @@ def token_logprobs(
     if path == "triton":
         from agent_lightning.kernels.token_logprobs import triton_token_logprobs
 
-        logp, ent = triton_token_logprobs(h, weight, t, bias, float(temperature), return_entropy)
+        logp, ent = triton_token_logprobs(h, weight, t, bias, float(temperature), return_entropy, **head)
     else:
-        logp, ent = chunked_token_logprobs(h, weight, t, bias, float(temperature), return_entropy)
+        logp, ent = chunked_token_logprobs(h, weight, t, bias, float(temperature), return_entropy, **head)
 
     if rows is not None:
         logp = _scatter_rows(logp, rows, n)
@@ -141,20 +181,25 @@ def chunked_token_logprobs(
     return_entropy: bool,
     chunk_rows: int | None = None,
     vocab_tile: int | None = None,
+    *,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The torch path: ``(logprobs [N], entropy [N] or [0])``, never holding ``[N, V]``.
 
     Tokens are processed in chunks of ``chunk_rows`` and the vocabulary in tiles of
     ``vocab_tile`` columns, so the largest temporary is one ``[chunk_rows, vocab_tile]``
-    logits tile (two with entropy), sized by ``TILE_BYTES`` to stay cache-resident; the
-    log-sum-exp runs online over the tiles. Both sizes can be overridden (tests use it).
+    logits tile (two with entropy, one more with a soft-cap), sized by ``TILE_BYTES`` to
+    stay cache-resident; the log-sum-exp runs online over the tiles. Both sizes can be
+    overridden (tests use it). ``logit_scale`` and ``softcap`` as in :func:`token_logprobs`.
     """
     n, vocab = hidden.shape[0], weight.shape[0]
     rows = int(chunk_rows) if chunk_rows else CHUNK_ROWS
     rows = max(1, min(rows, n))
     cols = int(vocab_tile) if vocab_tile else max(_MIN_TILE, TILE_BYTES // (4 * rows))
     cols = max(1, min(cols, vocab))
-    return _ChunkedTokenLogprobs.apply(hidden, weight, bias, targets, temperature, return_entropy, (rows, cols))
+    head = HeadTransform(float(temperature), float(logit_scale), None if softcap is None else float(softcap))
+    return _ChunkedTokenLogprobs.apply(hidden, weight, bias, targets, head, return_entropy, (rows, cols))
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
@@ -163,11 +208,11 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
     O(chunk x tile) on top of the inputs and gradients."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, temperature, want_entropy, tiling):
+    def forward(ctx, hidden, weight, bias, targets, head, want_entropy, tiling):
         rows, cols = tiling
         acc = torch.float64 if torch.float64 in (hidden.dtype, weight.dtype) else torch.float32
-        inv_t = 1.0 / temperature
-        b = None if bias is None else bias.to(acc) * inv_t
+        pre, post, capped = head.pre, head.post, head.softcap is not None
+        b = None if bias is None else bias.to(acc) * pre
         n, vocab = hidden.shape[0], weight.shape[0]
         dev = hidden.device
         logp = torch.empty(n, dtype=acc, device=dev)
@@ -177,7 +222,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         flat2 = torch.empty_like(flat) if want_entropy else None
         for s in range(0, n, rows):
             e = min(s + rows, n)
-            hs = hidden[s:e].to(acc) * inv_t
+            hs = hidden[s:e].to(acc) * pre
             run_max = torch.full((e - s,), float("-inf"), dtype=acc, device=dev)
             run_sum = torch.zeros(e - s, dtype=acc, device=dev)  # sum exp(z - run_max)
             run_ez = torch.zeros(e - s, dtype=acc, device=dev) if want_entropy else None
@@ -186,6 +231,8 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 z = _tile(flat, e - s, v1 - v0)
                 # Weight tiles are cast one at a time: no float32 copy of a 16-bit weight.
                 _logits_into(z, hs, weight[v0:v1].to(acc), None if b is None else b[v0:v1])
+                if capped:
+                    z.tanh_().mul_(post)
                 new_max = torch.maximum(run_max, z.amax(dim=1))
                 scale = torch.exp(run_max - new_max)  # 0 on the first tile
                 y = z.sub_(new_max[:, None])
@@ -205,12 +252,14 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             if want_entropy:
                 ent[s:e] = log_sum - run_ez / run_sum
         # Target logits as row-wise dot products: [N, H] work instead of a gather per tile.
-        z_tgt = (hidden.to(acc) * weight.index_select(0, targets).to(acc)).sum(dim=1) * inv_t
+        z_tgt = (hidden.to(acc) * weight.index_select(0, targets).to(acc)).sum(dim=1) * pre
         if b is not None:
             z_tgt += b.index_select(0, targets)
+        if capped:
+            z_tgt = z_tgt.tanh_().mul_(post)
         torch.sub(z_tgt, lse, out=logp)
         ctx.save_for_backward(hidden, weight, bias, targets, lse, ent)
-        ctx.temperature, ctx.tiling, ctx.want_entropy = temperature, tiling, want_entropy
+        ctx.head, ctx.tiling, ctx.want_entropy = head, tiling, want_entropy
         if not want_entropy:
             ctx.mark_non_differentiable(ent)
         return logp, ent
@@ -223,24 +272,26 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             return None, None, None, None, None, None, None
         rows, cols = ctx.tiling
         acc = lse.dtype
-        inv_t = 1.0 / ctx.temperature
-        b = None if bias is None else bias.to(acc) * inv_t
+        head = ctx.head
+        pre, post, capped = head.pre, head.post, head.softcap is not None
+        b = None if bias is None else bias.to(acc) * pre
         n, vocab = hidden.shape[0], weight.shape[0]
         dev = hidden.device
-        # Fold 1/T into the upstream gradients: d/dlogits = (d/dz) / T.
-        g_lp = (grad_logp.to(acc) if grad_logp is not None else torch.zeros_like(lse)) * inv_t
+        # Fold s/T into the upstream gradients: d/dy = (d/dz) * s/T (* (1 - tanh^2) if capped).
+        g_lp = (grad_logp.to(acc) if grad_logp is not None else torch.zeros_like(lse)) * head.grad_scale
         use_ent = ctx.want_entropy and grad_ent is not None
-        g_ent = grad_ent.to(acc) * inv_t if use_ent else None
+        g_ent = grad_ent.to(acc) * head.grad_scale if use_ent else None
         h_acc = hidden.to(acc)
         grad_h = torch.zeros(n, hidden.shape[1], dtype=acc, device=dev) if need_h else None
         grad_w = torch.zeros(vocab, weight.shape[1], dtype=acc, device=dev) if need_w else None
         grad_b = torch.zeros(vocab, dtype=acc, device=dev) if need_b else None
         flat = torch.empty(min(rows, n) * cols, dtype=acc, device=dev)
         flat2 = torch.empty_like(flat) if use_ent else None
+        flat3 = torch.empty_like(flat) if capped else None
         for s in range(0, n, rows):
             e = min(s + rows, n)
             h = h_acc[s:e]
-            hs = h * inv_t
+            hs = h * pre
             neg_g = -g_lp[s:e, None]
             tgt = targets[s:e]
             for v0 in range(0, vocab, cols):
@@ -248,6 +299,11 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 z = _tile(flat, e - s, v1 - v0)
                 w_tile = weight[v0:v1].to(acc)
                 _logits_into(z, hs, w_tile, None if b is None else b[v0:v1])
+                if capped:
+                    t = z.tanh_()
+                    # d tanh(u) / du = 1 - tanh(u)^2, applied to d/dz below.
+                    dcap = torch.mul(t, t, out=_tile(flat3, e - s, v1 - v0)).neg_().add_(1.0)
+                    t.mul_(post)
                 log_p = z.sub_(lse[s:e, None])
                 if use_ent:
                     p = torch.exp(log_p, out=_tile(flat2, e - s, v1 - v0))
@@ -261,6 +317,8 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 if hit.numel():
                     idx = (hit, tgt.index_select(0, hit) - v0)
                     grad_z.index_put_(idx, grad_z[idx] - neg_g.squeeze(1).index_select(0, hit))
+                if capped:
+                    grad_z.mul_(dcap)
                 if need_h:
                     grad_h[s:e].addmm_(grad_z, w_tile)
                 if need_w:
@@ -276,6 +334,17 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _check_head(logit_scale, softcap) -> dict:
+    """Validated ``logit_scale`` / ``softcap`` as keyword arguments of the two paths."""
+    import math
+
+    if not (math.isfinite(logit_scale) and logit_scale > 0):
+        raise ValueError(f"token_logprobs: logit_scale must be finite and > 0, got {logit_scale}")
+    if softcap is not None and not (math.isfinite(softcap) and softcap > 0):
+        raise ValueError(f"token_logprobs: softcap must be None or finite and > 0, got {softcap}")
+    return {"logit_scale": float(logit_scale), "softcap": None if softcap is None else float(softcap)}
 
 
 def _tile(flat: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

@@ -16,15 +16,16 @@ def _logprob_kernels(dtype: str):
     tiles = dict(BLOCK_N=64, BLOCK_V=128, BLOCK_H=64)
     ptrs = dict(h_ptr=f"*{dtype}", w_ptr=f"*{dtype}", b_ptr=f"*{dtype}", tgt_ptr="*i64")
     fwd_sig = dict(ptrs, logp_ptr="*fp32", lse_ptr="*fp32", ent_ptr="*fp32", N="i32", V="i32", H="i32",
-                   stride_h="i32", stride_w="i32", inv_t="fp32")
+                   stride_h="i32", stride_w="i32", pre="fp32", post="fp32")
     grad_sig = dict(ptrs, lse_ptr="*fp32", ent_ptr="*fp32", g_lp_ptr="*fp32", g_ent_ptr="*fp32",
                     out_ptr=f"*{dtype}", row0="i32", N="i32", col0="i32", V="i32", H="i32", stride_h="i32",
-                    stride_w="i32", stride_out="i32", inv_t="fp32")
+                    stride_w="i32", stride_out="i32", pre="fp32", post="fp32")
     acc_sig = dict(a_ptr=f"*{dtype}", b_ptr=f"*{dtype}", c_ptr="*fp32", M="i32", K="i32", Nc="i32",
                    stride_a="i32", stride_b="i32", stride_c="i32")
     return {
-        f"fwd_{dtype}": (k._fwd_kernel, fwd_sig, dict(HAS_BIAS=True, WANT_ENT=True, **tiles, **precision)),
-        f"grad_{dtype}": (k._grad_logits_kernel, grad_sig, dict(HAS_BIAS=True, USE_ENT=True, **tiles, **precision)),
+        f"fwd_{dtype}": (k._fwd_kernel, fwd_sig, dict(HAS_BIAS=True, HAS_SOFTCAP=True, WANT_ENT=True, **tiles, **precision)),
+        f"grad_{dtype}": (k._grad_logits_kernel, grad_sig,
+                          dict(HAS_BIAS=True, HAS_SOFTCAP=True, USE_ENT=True, **tiles, **precision)),
         f"acc_{dtype}": (k._accumulate_at_b_kernel, acc_sig, dict(BLOCK_M=64, BLOCK_K=32, BLOCK_NC=64, **precision)),
     }
 

@@ -1,0 +1,86 @@
+"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al., 2024).
+
+Each task is played ``group_size = k >= 2`` times. Rollout ``i``'s score is its final
+reward, minus ``kl_coef * sum_t k1_t`` (the sequence's KL to the reference,
+``k1 = logp_sampled - logp_ref``) when ``kl_mode`` is ``reward``. Its advantage is its
+score minus the mean score of the *other* rollouts of its group::
+
+    A_i = s_i - 1/(k - 1) * sum_{j != i} s_j  =  k / (k - 1) * (s_i - mean_group(s))
+
+(``ops.group_advantages`` mode ``rloo``; a group of one has no baseline: ``A = 0``),
+broadcast to every policy token of the rollout. The loss per token is the clipped
+surrogate (with one epoch of one minibatch the ratio is 1 and this is the plain
+REINFORCE gradient ``-A * grad log pi``), aggregated, ``- entropy_coef * H``, and
+``+ kl_coef * KL_est`` when ``kl_mode`` is ``loss``. No critic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal, Sequence
+
+from pydantic import Field
+
+from agent_lightning.algorithms import common, training
+from agent_lightning.algorithms.training import PolicyGradientOptions
+from agent_lightning.batch import PackedBatch, pack_trajectories
+from agent_lightning.hookspecs import hookimpl
+from agent_lightning.types import Trajectory
+
+
+class RLOOConfig(PolicyGradientOptions):
+    """RLOO hyper-parameters (the ``algorithm`` section); the shared ones are documented in
+    ``agent_lightning.algorithms.training.PolicyGradientOptions``."""
+
+    group_size: int = Field(4, ge=2, description="rollouts per task (the leave-one-out group)")
+    kl_mode: Literal["reward", "loss"] = "reward"
+
+
+class RLOO(training.CriticFreeAlgorithm):
+    """REINFORCE leave-one-out."""
+
+    description = "RLOO: REINFORCE with a leave-one-out group baseline, no critic"
+    config_cls = RLOOConfig
+    config: RLOOConfig
+
+    def prepare(self, trajectories: Sequence[Trajectory]) -> PackedBatch | None:
+        """Pack the healthy trajectories; their final reward and group ride along per token
+        (``extras["sequence_reward"]``, ``extras["group"]``) until :meth:`update` scores them."""
+        import torch
+
+        kept = common.healthy(trajectories)
+        if not kept:
+            return None
+        batch = pack_trajectories(kept, [[0.0] * t.num_policy_tokens for t in kept])
+        batch.extras["sequence_reward"] = torch.tensor(
+            [t.final_reward for t in kept for _ in range(t.num_policy_tokens)], dtype=torch.float32)
+        batch.extras["group"] = torch.tensor([t.group for t in kept for _ in range(t.num_policy_tokens)],
+                                             dtype=torch.long)
+        return batch
+
+    def advantages(self, backend: Any, batch: PackedBatch) -> tuple[PackedBatch, dict[str, float]]:
+        """Scores (KL-penalised) -> leave-one-out advantages, broadcast to the tokens."""
+        from agent_lightning import ops
+
+        c = self.config
+        extras = dict(batch.extras)
+        pcu = batch.policy_cu_seqlens
+        scores = common.first_token_values(extras["sequence_reward"], pcu)
+        groups = common.first_token_values(extras["group"], pcu)
+        info: dict[str, float] = {}
+        if c.kl_coef > 0:
+            ref = training.reference_logprobs(backend, batch, self.temperature, c.micro_batch_tokens).cpu()
+            extras["ref_logprobs"] = ref
+            if c.kl_mode == "reward":
+                sequence_kl = ops.segment_sum(common.kl(batch.sampling_logprobs, ref, "k1"), pcu)
+                scores = scores - c.kl_coef * sequence_kl
+                info["kl_reward"] = float(sequence_kl.mean())
+        per_sequence = common.group_baseline(scores, groups, "rloo")
+        adv = common.broadcast_to_tokens(per_sequence, pcu)
+        info["advantage_abs_mean"] = float(adv.abs().mean())
+        return dataclasses.replace(batch, advantages=adv, extras=extras), info
+
+
+@hookimpl
+def register_algorithms(register):
+    register("rloo", RLOO)

@@ -1,0 +1,38 @@
+"""Default LoRA target modules per model family (``model.lora.target_modules: auto``).
+
+``auto`` adapts every attention and MLP projection of the decoder (the lm head and the
+embeddings never), named the way each family names them. Mixture-of-experts families
+(DeepSeek V2/V3) get their attention projections only: peft maps the names ``gate_proj``,
+``up_proj`` and ``down_proj`` of such a model onto the fused routed-expert weights (one adapter
+per expert; the shared experts are then left out), and ``all-linear`` adds the router as well.
+A family missing from :data:`LORA_TARGETS` gets peft's ``all-linear`` (every ``nn.Linear``
+but the output layer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ATTENTION_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# config.model_type -> module names (suffixes) peft should adapt.
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    **{name: _ATTENTION_MLP for name in (
+        "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "cohere", "cohere2", "granite",
+    )},
+    # Multi-head latent attention (q_proj without a query LoRA rank, q_a/q_b with one); MoE: no MLP.
+    "deepseek_v2": ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
+    "deepseek_v3": ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"),
+    "phi": ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+}
+
+
+def resolve_target_modules(model: Any, target_modules: list[str] | str) -> list[str] | str:
+    """The ``target_modules`` to hand to peft: ``auto`` becomes the model family's list (or
+    ``all-linear`` for a family not in the table); anything else is passed through."""
+    if target_modules != "auto":
+        return target_modules
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    targets = LORA_TARGETS.get(model_type or "")
+    return list(targets) if targets else "all-linear"
