@@ -199,19 +199,3 @@ def test_value_head_checkpoint_round_trip_resumes_exactly(tiny_config, tmp_path,
         for (name, p), (_, q) in zip(fresh.algorithm.critic_model.named_parameters(),
                                      full.algorithm.critic_model.named_parameters()):
             assert torch.equal(p, q), name
-
-
-@pytest.mark.slow
-def test_ppo_improves_held_out_success_from_random_init(tiny_config, tmp_path):
-    # 50 steps of 16 tasks x 4 rollouts (about 15 s of CPU). Seed 0 went 0.03 -> 0.44 held-out
-    # success when this was written (seeds 1 and 2: 0.19 and 0.50); the bar is +0.2.
-    config = tiny_config(
-        model={"preset": "tiny", "preset_options": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}},
-        algorithm={"name": "ppo", "group_size": 4, "lr": 0.002, "epochs": 2, "minibatches": 2},
-        trainer={"steps": 50, "batch_size": 16, "eval_every": 0, "eval_episodes": 36, "checkpoint_every": 0,
-                 "log_trajectories": 0},
-    )
-    result = Trainer(config, tmp_path / "run").run()
-    start, end = result.first_eval["eval/success_rate"], result.last_eval["eval/success_rate"]
-    assert start <= 0.2
-    assert end >= start + 0.2, (start, end)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from agent_lightning.algorithms.reinforce_pp import ReinforcePP
-from agent_lightning.trainer import Trainer
 from agent_lightning.types import Task, Trajectory, Turn
 
 TASK = Task(id="t", prompt=({"role": "user", "content": "x"},))
@@ -67,19 +66,3 @@ def test_group_mean_baseline_step_rewards_and_discount():
 def test_defaults_put_the_kl_in_the_reward():
     config = ReinforcePP().config
     assert (config.kl_coef, config.kl_mode, config.group_size) == (0.01, "reward", 1)
-
-
-@pytest.mark.slow
-def test_reinforce_pp_improves_held_out_success_from_random_init(tiny_config, tmp_path):
-    # 50 steps of 16 tasks x 4 rollouts (about 15 s of CPU). Seed 0 went 0.03 -> 0.42 held-out
-    # success when this was written (seeds 1 and 2: 0.33); the bar is +0.2.
-    config = tiny_config(
-        model={"preset": "tiny", "preset_options": {"hidden_size": 64, "num_layers": 2, "num_heads": 4}},
-        algorithm={"name": "reinforce++", "group_size": 4, "lr": 0.002, "minibatches": 2},
-        trainer={"steps": 50, "batch_size": 16, "eval_every": 0, "eval_episodes": 36, "checkpoint_every": 0,
-                 "log_trajectories": 0},
-    )
-    result = Trainer(config, tmp_path / "run").run()
-    start, end = result.first_eval["eval/success_rate"], result.last_eval["eval/success_rate"]
-    assert start <= 0.2
-    assert end >= start + 0.2, (start, end)
