@@ -46,17 +46,18 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from agent_lightning.algorithms import training
+from agent_lightning.algorithms.training import OptimizerOptions
 from agent_lightning.config import ConfigError, parse_options
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.types import Trajectory
 
 
-class DPOConfig(BaseModel):
-    """DPO hyper-parameters (the ``algorithm`` section of the config)."""
-
-    model_config = ConfigDict(extra="forbid")
+class DPOConfig(OptimizerOptions):
+    """DPO hyper-parameters (the ``algorithm`` section of the config); the optimizer ones are
+    ``agent_lightning.algorithms.training.OptimizerOptions``'s."""
 
     pairs: Literal["online", "offline"] | None = Field(None, description="default: offline with a dataset, else an error")
     dataset: str | None = Field(None, description="preference JSONL (offline)")
@@ -76,14 +77,7 @@ class DPOConfig(BaseModel):
     max_length: int = Field(2048, ge=2, description="offline: pairs with a longer side are dropped")
     seed: int = Field(0, description="offline split and shuffling")
     lr: float = Field(1e-6, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    max_grad_norm: float = Field(1.0, ge=0)
     epochs: int = Field(1, ge=1, description="passes over each step's pairs")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per pass")
-    micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
 
 
 @dataclass(frozen=True)
@@ -170,8 +164,7 @@ class DPO:
         """Create the optimizer, freeze the reference now (before any update), and for offline
         DPO read, split and tokenise the preference data with the backend's chat template."""
         c = self.config
-        backend.configure_optimizer(lr=c.lr, weight_decay=c.weight_decay, betas=c.betas,
-                                    warmup_steps=c.warmup_steps, total_steps=total_steps, schedule=c.schedule)
+        training.configure_optimizer(backend, c, total_steps)
         if not c.reference_free and c.reference == "initial" and hasattr(backend, "reference_model"):
             backend.reference_model()
         if c.pairs == "offline":

@@ -25,10 +25,25 @@ if TYPE_CHECKING:
 LossFn = Callable[[Any, "PackedBatch", int], "tuple[torch.Tensor, dict[str, Any]]"]
 
 
-class PolicyGradientOptions(BaseModel):
-    """Options shared by the policy-gradient algorithms (part of the ``algorithm`` section)."""
+class OptimizerOptions(BaseModel):
+    """AdamW, schedule and batching options of every gradient-based algorithm (part of the
+    ``algorithm`` section); an algorithm may override a default (DPO's ``lr``)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    max_grad_norm: float = Field(1.0, ge=0)
+    epochs: int = Field(1, ge=1, description="passes over each step's data")
+    minibatches: int = Field(1, ge=1, description="optimizer steps per pass")
+    micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
+
+
+class PolicyGradientOptions(OptimizerOptions):
+    """Options shared by the policy-gradient algorithms (part of the ``algorithm`` section)."""
 
     clip_low: float = Field(0.2, ge=0)
     clip_high: float = Field(0.28, ge=0)
@@ -37,19 +52,11 @@ class PolicyGradientOptions(BaseModel):
     kl_coef: float = Field(0.0, ge=0)
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = 0.0
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    max_grad_norm: float = Field(1.0, ge=0)
     epochs: int = Field(1, ge=1, description="passes over each step's rollouts")
-    minibatches: int = Field(1, ge=1, description="optimizer steps per pass")
-    micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
     shuffle: bool = Field(False, description="deal the sequences into minibatches in a fresh random order every epoch")
 
 
-def configure_optimizer(backend: Any, options: PolicyGradientOptions, total_steps: int,
+def configure_optimizer(backend: Any, options: OptimizerOptions, total_steps: int,
                         extra_param_groups: tuple[dict[str, Any], ...] = ()) -> None:
     """AdamW with the options' learning-rate schedule; ``extra_param_groups`` (a value head,
     a critic) are stepped, clipped and checkpointed with the policy."""
