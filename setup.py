@@ -68,6 +68,39 @@ def _compiler_accepts(flag: str) -> bool:
         return result.returncode == 0
 
 
+def _loaded_libstdcxx() -> str | None:
+    """Path of the ``libstdc++.so.6`` this process loaded (with torch), from ``/proc/self/maps``."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith("libstdc++.so"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+def _shared_runtime_link_args() -> list[str]:
+    """Extra link arguments that keep the extension on torch's shared C++ runtime.
+
+    A compiler that has no shared libstdc++ of its own (``-print-file-name=libstdc++.so``
+    finds none, as with a GCC built into ``/opt``) links a private copy of the C++ runtime
+    into ``_C``. The process then holds two copies, and the one inside ``_C`` crashes
+    (SIGSEGV) when it formats a number into an error message: its ``std::num_put`` facet
+    ids are not registered in the locale that the other copy built. Naming the
+    ``libstdc++.so.6`` that torch loaded makes the linker take the runtime from it.
+    """
+    cxx = _cxx()
+    if cxx is None or not sys.platform.startswith("linux"):
+        return []
+    found = subprocess.run([cxx, "-print-file-name=libstdc++.so"], capture_output=True, text=True, check=False)
+    if os.path.isabs(found.stdout.strip()) and os.path.exists(found.stdout.strip()):
+        return []  # the compiler links libstdc++ dynamically already
+    loaded = _loaded_libstdcxx()
+    return [loaded] if loaded else []
+
+
 def _extension_setup() -> dict:
     """``ext_modules`` / ``cmdclass`` for the extension, or nothing (after one warning)."""
     if os.environ.get("ALIGHTNING_BUILD_EXT", "1").strip() == "0":
@@ -90,6 +123,7 @@ def _extension_setup() -> dict:
     if _compiler_accepts("-fopenmp"):
         cxx_flags.append("-fopenmp")
         link_flags.append("-fopenmp")
+    link_flags += _shared_runtime_link_args()
     sources = ["csrc/ops.cpp"]
     nvcc = shutil.which("nvcc") or (CUDA_HOME and shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")))
     with_cuda = torch.version.cuda is not None and bool(nvcc)

@@ -35,6 +35,9 @@ class LoraSettings(_Strict):
     alpha: float = 16.0
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | str = "all-linear"
+    layers: int | list[int] | None = Field(
+        None, description="adapt only these decoder layers (indices), or an int n: the last n; "
+                          "backpropagation then stops at the lowest adapted layer")
 
 
 class ModelConfig(_Strict):
@@ -72,6 +75,15 @@ class SamplingConfig(_Strict):
     max_turns: int = Field(8, ge=1)
     max_context_tokens: int = Field(4096, ge=8)
     eval_temperature: float = Field(1.0, ge=0.0)
+    stop: list[str] = Field(default_factory=list,
+                            description="strings that end a reply (kept in it), e.g. </tool_call>")
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty_stops(cls, value: list[str]) -> list[str]:
+        if any(not s for s in value):
+            raise ValueError("stop strings must be non-empty")
+        return value
 
 
 class ReplayConfig(_Strict):
@@ -117,6 +129,9 @@ class TrainerConfig(_Strict):
     seed: int = 0
     max_failure_rate: float = Field(0.5, ge=0.0, le=1.0)
     step_timeout_s: float = Field(30.0, gt=0.0)
+    time_limit_s: float | None = Field(
+        None, gt=0.0, description="stop training after the first step that ends past this many seconds "
+                                  "(from the first step); the final evaluation and checkpoint then run as at `steps`")
     log_trajectories: int = Field(4, ge=0, description="trajectories written per step")
     output_dir: str = "runs"
     replay: ReplayConfig = Field(default_factory=ReplayConfig)

@@ -134,9 +134,11 @@ def play(
             import torch
 
             generator = [torch.Generator().manual_seed(episode_seed(seed, ep.id, turn)) for ep in active]
+        # Stop strings are passed only when set, so backends without the option still work.
+        stop_kw = {"stop": tuple(sampling.stop)} if sampling.stop else {}
         generations = backend.generate([ep.context for ep in active], temperature=temperature,
                                        top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
-                                       generator=generator)
+                                       generator=generator, **stop_kw)
         actions = {ep.id: (gen, backend.decode(gen.token_ids)) for ep, gen in zip(active, generations)}
         stepped = run_all("step", [(ep, envs.instances[ep.env_slot].step, actions[ep.id][1]) for ep in active])
         for ep, result in stepped:

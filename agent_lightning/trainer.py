@@ -297,6 +297,13 @@ class Trainer:
         self._write_trajectories(trajectories)
         return metrics
 
+    def _out_of_time(self, started: float) -> bool:
+        """Whether ``trainer.time_limit_s`` has passed (rank 0's clock decides for every rank)."""
+        limit = self.config.trainer.time_limit_s
+        if limit is None:
+            return False
+        return bool(distributed.broadcast_object(time.perf_counter() - started > limit))
+
     def run(self, *, resume: bool = False, until_step: int | None = None) -> RunResult:
         """Train to ``trainer.steps`` (or stop after ``until_step``, checkpointing there so
         that ``--resume`` continues exactly: preemptible schedules use this)."""
@@ -315,9 +322,14 @@ class Trainer:
             if not resumed:
                 first_eval = last_eval = self.evaluate()
                 self.trackers.log_metrics(0, first_eval)
+            started = time.perf_counter()
             while self.step < stop:
                 metrics = self.train_step()
-                final = self.step == c.trainer.steps
+                final = self.step == c.trainer.steps or self._out_of_time(started)
+                if final and self.step < stop:
+                    log.warning("trainer.time_limit_s=%s reached after step %d: final evaluation and checkpoint now",
+                                c.trainer.time_limit_s, self.step)
+                    stop = self.step
                 if (c.trainer.eval_every and self.step % c.trainer.eval_every == 0) or final:
                     last_eval = self.evaluate()
                     metrics.update(last_eval)

@@ -237,7 +237,8 @@ class Generation:
     Attributes:
         token_ids: Sampled ids, including the stop token when one ended it.
         logprobs: Log-prob of each sampled token under the temperature-scaled policy.
-        finish_reason: ``"stop"`` (a stop token) or ``"length"`` (max new tokens).
+        finish_reason: ``"stop"`` (a stop token), ``"stop_string"`` (a ``sampling.stop``
+            string, the turn is not closed yet) or ``"length"`` (max new tokens).
     """
 
     token_ids: tuple[int, ...]
@@ -258,7 +259,7 @@ class Backend(Protocol):
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
     def generate(self, prompts: Sequence[Sequence[int]], *, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int | None = None) -> list[Generation]: ...
+                 max_new_tokens: int, generator: Any = None, stop: Sequence[str] = ()) -> list[Generation]: ...
 
     def save(self, directory: str) -> None: ...
 

@@ -39,6 +39,8 @@ class GRPOConfig(PolicyGradientOptions):
     group_size: int = Field(8, ge=1, description="rollouts per task")
     advantage: Literal["grpo", "drgrpo"] = "grpo"
     advantage_eps: float = Field(1e-6, gt=0)
+    filter_groups: bool = Field(False, description="leave out groups whose rewards are all equal (zero "
+                                                    "advantage): no forward/backward spent on them")
 
 
 class GRPO:
@@ -50,6 +52,7 @@ class GRPO:
         self.config: GRPOConfig = parse_options(GRPOConfig, "algorithm", options)
         self.group_size = self.config.group_size
         self.temperature = 1.0
+        self._kept_fraction: float | None = None
 
     def setup(self, backend: Any, *, total_steps: int, temperature: float) -> None:
         """Create the optimizer; remember the sampling temperature for log-prob recomputation."""
@@ -66,8 +69,25 @@ class GRPO:
         rewards = torch.tensor([t.final_reward for t in kept], dtype=torch.float32)
         groups = torch.tensor([t.group for t in kept], dtype=torch.long)
         advantages = common.group_baseline(rewards, groups, self.config.advantage, self.config.advantage_eps)
+        if self.config.filter_groups:
+            kept, advantages = self._informative(kept, rewards, groups, advantages)
+            if not kept:
+                return None
         per_token = [[float(a)] * t.num_policy_tokens for t, a in zip(kept, advantages)]
         return pack_trajectories(kept, per_token)
+
+    def _informative(self, kept: list[Trajectory], rewards: Any, groups: Any,
+                     advantages: Any) -> tuple[list[Trajectory], Any]:
+        """The trajectories of groups whose rewards differ (DAPO's dynamic-sampling filter):
+        an all-equal group has zero advantage everywhere, so without a KL or entropy term it
+        adds nothing to the gradient. Records the kept fraction of groups for the metrics."""
+        import torch
+
+        unique = torch.unique(groups)
+        varied = {int(g) for g in unique if rewards[groups == g].max() - rewards[groups == g].min() > 0}
+        self._kept_fraction = len(varied) / max(len(unique), 1)
+        keep = [i for i, g in enumerate(groups.tolist()) if g in varied]
+        return [kept[i] for i in keep], advantages[keep]
 
     def loss(self, backend: Any, batch: PackedBatch, norm_tokens: int) -> tuple[Any, dict[str, Any]]:
         """The GRPO loss of one micro-batch and its (detached) diagnostics."""
@@ -79,9 +99,12 @@ class GRPO:
 
     def update(self, backend: Any, batch: PackedBatch | None) -> dict[str, float]:
         """``epochs`` passes of ``minibatches`` optimizer steps (``training.optimize``)."""
+        filtered = {} if self._kept_fraction is None else {"groups_kept_fraction": self._kept_fraction}
+        self._kept_fraction = None
         if batch is None or batch.num_policy_tokens == 0:
-            return {}
+            return filtered
         metrics = training.optimize(backend, batch, self.loss, self.config)
+        metrics.update(filtered)
         metrics["advantage_abs_mean"] = float(batch.advantages.abs().mean())
         metrics["policy_tokens"] = float(batch.num_policy_tokens)
         return metrics

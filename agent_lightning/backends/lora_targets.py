@@ -36,3 +36,37 @@ def resolve_target_modules(model: Any, target_modules: list[str] | str) -> list[
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     targets = LORA_TARGETS.get(model_type or "")
     return list(targets) if targets else "all-linear"
+
+
+def lora_layers(model: Any, layers: int | list[int] | None) -> list[int] | None:
+    """``model.lora.layers`` as peft's ``layers_to_transform``: ``None`` (every layer), a list
+    of decoder-layer indices (negative ones count from the top), or an int ``n``: the top ``n``.
+
+    Raises ``ValueError`` naming the option for an index outside the model's layers.
+    """
+    if layers is None:
+        return None
+    config = getattr(model, "config", None)
+    count = getattr(getattr(config, "text_config", config), "num_hidden_layers", None)
+    if not isinstance(count, int):
+        raise ValueError("model.lora.layers: the model's config has no num_hidden_layers")
+    if isinstance(layers, int):
+        if not 1 <= layers <= count:
+            raise ValueError(f"model.lora.layers: the top {layers} layers of a {count}-layer model")
+        return list(range(count - layers, count))
+    resolved = sorted({i + count if i < 0 else i for i in layers})
+    if not resolved or resolved[0] < 0 or resolved[-1] >= count:
+        raise ValueError(f"model.lora.layers: {layers} is not a non-empty list of indices of a {count}-layer model")
+    return resolved
+
+
+def linear_suffixes(model: Any) -> list[str]:
+    """Names (last component) of the ``nn.Linear`` modules inside the decoder layers: peft's
+    ``all-linear`` spelled out, which ``layers_to_transform`` needs (it takes no string)."""
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"}
+    if not names:
+        raise ValueError("model.lora.layers: found no linear modules inside decoder layers ('.layers.' in their names)")
+    return sorted(names)

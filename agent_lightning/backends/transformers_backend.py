@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from agent_lightning import distributed
 from agent_lightning.backends.chat_tokens import ChatTokens
+from agent_lightning.backends.stop_strings import StopStrings
 from agent_lightning.config import BackendConfig, ModelConfig
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.types import Generation, Message
@@ -88,13 +89,17 @@ def load_model_and_tokenizer(model_cfg: ModelConfig, seed: int) -> tuple[Any, An
 def _attach_lora(model: Any, lora: Any) -> Any:
     from peft import LoraConfig, get_peft_model
 
-    from agent_lightning.backends.lora_targets import resolve_target_modules
+    from agent_lightning.backends.lora_targets import linear_suffixes, lora_layers, resolve_target_modules
 
+    targets = resolve_target_modules(model, lora.target_modules)
+    if lora.layers is not None and isinstance(targets, str):  # peft takes layers_to_transform with a list only
+        targets = linear_suffixes(model)
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=resolve_target_modules(model, lora.target_modules),
+        target_modules=targets,
+        layers_to_transform=lora_layers(model, lora.layers),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
@@ -140,6 +145,8 @@ class TransformersBackend:
 
         # transformers 5.x renamed past_key_values to cache; ask the causal LM (not a peft wrapper).
         self._cache_kw = "cache" if "cache" in inspect.signature(causal_lm(self.model).forward).parameters else "past_key_values"
+        # Encode the prompts' common prefix once per generate call (see shared_prefix_length).
+        self.share_prefix = True
         self._reference: Any = None
         self.optimizer: Any = None
         self.scheduler: Any = None
@@ -166,12 +173,17 @@ class TransformersBackend:
         top_p: float = 1.0,
         max_new_tokens: int,
         generator: Any = None,
+        stop: Sequence[str] = (),
     ) -> list[Generation]:
         """Sample one continuation per prompt (left-padded batch, KV cache).
 
-        ``temperature == 0`` is greedy. ``generator`` (a CPU ``torch.Generator``, or a list
-        with one per prompt) defaults to the backend's own, whose state is checkpointed. Log-probs are under the temperature-scaled full
-        distribution (before top-p truncation), which is what training recomputes.
+        ``temperature == 0`` is greedy. A row also ends once its decoded text contains one of
+        the ``stop`` strings (kept in the reply; ``finish_reason == "stop_string"``).
+        ``generator`` (a CPU ``torch.Generator``, or a list with one per prompt) defaults to the
+        backend's own, whose state is checkpointed. Log-probs are under the temperature-scaled
+        full distribution (before top-p truncation), which is what training recomputes. When
+        the prompts share a prefix of at least ``MIN_SHARED_PREFIX`` tokens (``share_prefix``),
+        it is encoded once and its KV cache copied to every row.
         """
         import torch
 
@@ -180,23 +192,32 @@ class TransformersBackend:
         model = self.model
         was_training = model.training
         model.eval()
-        batch, width = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        stop = torch.tensor(self.stop_ids, device=self.device)
+        batch = len(prompts)
+        shared = shared_prefix_length(prompts) if self.share_prefix and batch > 1 else 0
+        ids, mask, positions = self._left_padded([p[shared:] for p in prompts], offset=shared)
+        stop_ids = torch.tensor(self.stop_ids, device=self.device)
         out_ids = torch.zeros((batch, max_new_tokens), dtype=torch.long)
         out_lp = torch.zeros((batch, max_new_tokens), dtype=torch.float32)
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)
+        stop_strings = StopStrings(self.tokenizer, stop, batch) if stop else None
         cache = None
         step_ids, step_pos = ids, positions
         try:
             with torch.no_grad():
+                if shared:
+                    # The prompts' common prefix (system prompt, worked examples) is encoded once
+                    # and its KV cache copied to every row; rows then read [prefix | pad | suffix].
+                    prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=self.device)
+                    out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+                    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                    if hasattr(cache, "batch_repeat_interleave"):
+                        cache.batch_repeat_interleave(batch)
+                    else:  # a cache type that cannot be copied per row: encode whole prompts
+                        cache, shared = None, 0
+                        step_ids, mask, step_pos = self._left_padded(prompts, offset=0)
+                if shared:
+                    mask = torch.cat([torch.ones((batch, shared), dtype=mask.dtype, device=self.device), mask], dim=1)
                 for t in range(max_new_tokens):
                     kwargs = {self._cache_kw: cache} if cache is not None else {}
                     out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
@@ -207,9 +228,14 @@ class TransformersBackend:
                     token = torch.where(finished, torch.full_like(token, self.pad_id), token)
                     out_ids[:, t] = token.cpu()
                     out_lp[:, t] = logprob.cpu()
-                    just_stopped = ~finished & torch.isin(token, stop)
+                    just_stopped = ~finished & torch.isin(token, stop_ids)
                     lengths[just_stopped.cpu()] = t + 1
                     finished |= just_stopped
+                    if stop_strings is not None:
+                        hit = stop_strings.update(out_ids[:, t], finished.cpu())
+                        if hit.any():
+                            lengths[hit] = t + 1
+                            finished |= hit.to(finished.device)
                     if bool(finished.all()):
                         break
                     step_ids = token[:, None]
@@ -224,9 +250,24 @@ class TransformersBackend:
             results.append(Generation(
                 token_ids=tuple(int(x) for x in out_ids[row, :n]),
                 logprobs=tuple(float(x) for x in out_lp[row, :n]),
-                finish_reason="stop" if bool(finished_cpu[row]) else "length",
+                finish_reason=("stop_string" if stop_strings is not None and stop_strings.hit[row] else
+                               "stop" if bool(finished_cpu[row]) else "length"),
             ))
         return results
+
+    def _left_padded(self, rows: Sequence[Sequence[int]], offset: int) -> tuple[Any, Any, Any]:
+        """``(ids, mask, positions)`` ``[batch, longest]`` of left-padded rows whose first token
+        sits at position ``offset`` (after a shared prefix of that length)."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return ids, mask, offset + (mask.cumsum(-1) - 1).clamp(min=0)
 
     def _sample(self, logits: Any, temperature: float, top_p: float, generator: Any) -> tuple[Any, Any]:
         import torch
@@ -410,6 +451,20 @@ class TransformersBackend:
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.trainable_parameters())
         return {"model/parameters": total, "model/trainable_parameters": trainable, "model/device": str(self.device)}
+
+
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix all prompts share, when worth encoding once (at least
+    ``MIN_SHARED_PREFIX`` tokens; else 0). Every prompt keeps at least one token of its own,
+    so each row has a last position to sample from."""
+    first, shortest = prompts[0], min(len(p) for p in prompts)
+    length = 0
+    while length < shortest - 1 and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
 
 
 def _dedupe_shared(tensors: dict[str, Any]) -> dict[str, Any]:

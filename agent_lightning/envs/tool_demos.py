@@ -17,12 +17,19 @@ from typing import Any, Mapping, Sequence
 from agent_lightning.envs.tools import Tool, ToolState
 from agent_lightning.types import Message
 
-# One worked example per task family: a question, the calls made in order, the final answer.
-_DEMO_DOCUMENT = {"id": "demo-1", "title": "Elbaria (country)",
-                  "text": "Elbaria is a small country. Its capital is Tovin and it has 3 rivers."}
+# Worked examples per task family (used in order): a question, the calls made in order, the
+# final answer. The documents are demo-only: no task asks about them.
+_DEMO_DOCUMENTS = (
+    {"id": "demo-1", "title": "Elbaria (country)",
+     "text": "Elbaria is a small country. Its capital is Tovin and it has 3 rivers."},
+    {"id": "demo-2", "title": "Brightvale Tools",
+     "text": "Brightvale Tools is a company founded in 1931. It employs 240 people."},
+)
 DEMOS: Mapping[str, dict[str, Any]] = {
     "lookup": {"question": "How many rivers does the country Elbaria have?",
                "calls": [("search", {"query": "Elbaria rivers"})], "answer": "3"},
+    "lookup-2": {"question": "In which year was Brightvale Tools founded?",
+                 "calls": [("search", {"query": "Brightvale Tools"})], "answer": "1931"},
     "arithmetic": {"question": "A shop sells 14 boxes with 25 pens in each box, then 30 more pens. "
                                "How many pens does it sell?",
                    "calls": [("calculator", {"expression": "14 * 25 + 30"})], "answer": "380"},
@@ -54,7 +61,8 @@ def demonstration_messages(families: Sequence[str], tools: Mapping[str, Tool], c
                            observation_role: str) -> list[Message]:
     """Chat turns of ``count`` worked examples (user, assistant call, tool result, ..., answer).
 
-    Examples are taken from ``families`` in order (cycling), skipping any that needs a tool
+    Examples are taken from ``families`` in order (cycling; a family's second pass uses its
+    second example, ``<family>-2``, where there is one), skipping any that needs a tool
     outside ``tools``. Raises ``ValueError`` naming the option when none fits.
     """
     usable = [f for f in families if all(name in tools for name, _ in DEMOS[f]["calls"])]
@@ -63,8 +71,10 @@ def demonstration_messages(families: Sequence[str], tools: Mapping[str, Tool], c
                          f"with tools {sorted(tools)}")
     messages: list[Message] = []
     for i in range(count):
-        demo = DEMOS[usable[i % len(usable)]]
-        state = ToolState(store={"price:kiwi": "0.5"}, documents=(_DEMO_DOCUMENT,))
+        family = usable[i % len(usable)]
+        second = f"{family}-2"
+        demo = DEMOS[second] if (i // len(usable)) % 2 == 1 and second in DEMOS else DEMOS[family]
+        state = ToolState(store={"price:kiwi": "0.5"}, documents=_DEMO_DOCUMENTS)
         messages.append({"role": "user", "content": demo["question"]})
         for name, arguments in demo["calls"]:
             call = json.dumps({"name": name, "arguments": arguments})

@@ -15,7 +15,8 @@ templates use natively, written out in plain tags so any model can follow it):
 
 Malformed JSON, unknown tools, invalid or oversized arguments and replies with neither a
 call nor an answer are answered with an error message and counted in ``info``
-(``tool_calls``, ``tool_errors``, ``format_errors`` per step); no action string raises.
+(``tool_calls``, ``tool_errors``, ``valid_calls``, ``format_errors`` per step); no action
+string raises.
 
 Tasks (generated deterministically, documents shipped in ``data/``): multi-step
 arithmetic word problems, look-ups in the documents, look-ups combined with arithmetic,
@@ -143,7 +144,7 @@ class ToolUseEnv:
             raise RuntimeError("tool-use: step() called before reset()")
         self._turn += 1
         action = action if isinstance(action, str) else str(action)
-        info: dict[str, Any] = {"tool_calls": 0, "tool_errors": 0, "format_errors": 0}
+        info: dict[str, Any] = {"tool_calls": 0, "tool_errors": 0, "valid_calls": 0, "format_errors": 0}
         answer = _ANSWER.search(action[: self.max_action_chars])
         if answer is not None:
             success = self._judge(answer.group(1))
@@ -207,6 +208,7 @@ class ToolUseEnv:
                     raise ToolError("too_many_calls", f"at most {self.max_calls_per_turn} tool calls per turn")
                 result = self._call(call["name"], call["arguments"])
                 messages.append(self._message({"name": name, "result": result}))
+                info["valid_calls"] += 1
             except ToolError as err:
                 info["tool_errors"] += 1
                 payload = {"name": name} if isinstance(name, str) else {}

@@ -40,7 +40,7 @@ def test_override_creates_nested_sections_and_rejects_bad_forms():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("trainer.stepz=3", "unknown key 'trainer.stepz' (allowed: batch_size, checkpoint_every, distributed, eval_episodes, eval_every, executor, keep_checkpoints, log_trajectories, max_failure_rate, output_dir, replay, seed, step_timeout_s, steps); did you mean 'steps'?"),
+        ("trainer.stepz=3", "unknown key 'trainer.stepz' (allowed: batch_size, checkpoint_every, distributed, eval_episodes, eval_every, executor, keep_checkpoints, log_trajectories, max_failure_rate, output_dir, replay, seed, step_timeout_s, steps, time_limit_s); did you mean 'steps'?"),
         ("trainer.steps=many", "invalid value 'many' for 'trainer.steps': Input should be a valid integer, unable to parse string as an integer"),
         ("sampling.top_p=1.5", "invalid value 1.5 for 'sampling.top_p': Input should be less than or equal to 1"),
         ("backend.device=tpu", "invalid value 'tpu' for 'backend.device': Input should be 'auto', 'cpu' or 'cuda'"),

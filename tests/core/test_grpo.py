@@ -91,3 +91,22 @@ def test_unknown_option_names_the_key():
 
     with pytest.raises(ConfigError, match=r"unknown key 'algorithm.clip' \(allowed: "):
         GRPO(clip=0.1)
+
+
+def test_filter_groups_leaves_out_groups_with_equal_rewards():
+    trajs = [_traj("a", 0, 1.0, [5], [-1.0]), _traj("b", 0, 1.0, [5], [-1.0]),
+             _traj("c", 1, 0.0, [5], [-1.0]), _traj("d", 1, 1.0, [5], [-1.0])]
+    algo = GRPO(group_size=2, filter_groups=True)
+    batch = algo.prepare(trajs)
+    assert batch.trajectory_ids == ["c", "d"]
+    assert batch.advantages.tolist() == pytest.approx([-0.707106, 0.707106], abs=1e-5)
+    # The unfiltered run keeps all four; the kept fraction of groups is reported with the update.
+    assert GRPO(group_size=2).prepare(trajs).trajectory_ids == ["a", "b", "c", "d"]
+    assert algo._kept_fraction == 0.5
+
+
+def test_filter_groups_with_nothing_informative_skips_the_update():
+    algo = GRPO(group_size=2, filter_groups=True)
+    assert algo.prepare([_traj("a", 0, 0.0, [5], [-1.0]), _traj("b", 0, 0.0, [5], [-1.0])]) is None
+    assert algo.update(object(), None) == {"groups_kept_fraction": 0.0}
+    assert algo.update(object(), None) == {}  # reported once per prepare

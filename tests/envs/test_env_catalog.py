@@ -110,9 +110,14 @@ def test_smollm2_tool_use_preset_builds_its_environment_and_reward():
     manager = build_plugin_manager(autoload=False, strict=True, blocked=blocked,
                                    extra_plugins=[(f"test-{n}", m) for n, m in mods.items()])
     env = manager.environments.create(config.environment.name, **config.environment.options)
-    assert {t.id.split("-")[1] for t in env.tasks("eval")} == {"lookup", "arithmetic"} and len(env.tasks("eval")) == 48
+    assert {t.id.split("-")[1] for t in env.tasks("eval")} == {"lookup"} and len(env.tasks("eval")) == 24
+    assert len(env.tasks("train")) == 40  # the family's other distinct questions
     reward = manager.rewards.create(config.reward.name, registry=manager.rewards, **config.reward.options)
     task = env.tasks("eval")[0]
-    turn = Turn(action="<answer>1</answer>", action_token_ids=(1,), action_logprobs=(0.0,), reward=1.0)
-    result = reward(Trajectory(id="x/0", task=task, group=0, prompt_token_ids=(1,), turns=(turn,)))
-    assert dict(result.components) == {"solved": 1.0, "format": 0.1}
+    call = Turn(action="<tool_call>...</tool_call>", action_token_ids=(1,), action_logprobs=(0.0,),
+                info={"valid_calls": 1})
+    answer = Turn(action="<answer>1</answer>", action_token_ids=(1,), action_logprobs=(0.0,), reward=1.0)
+    result = reward(Trajectory(id="x/0", task=task, group=0, prompt_token_ids=(1,), turns=(call, answer), success=True))
+    assert dict(result.components) == {"solved": 1.0, "valid_call": 0.2}
+    result = reward(Trajectory(id="x/1", task=task, group=0, prompt_token_ids=(1,), turns=(answer,)))
+    assert dict(result.components) == {"solved": 0.0, "valid_call": 0.0}

@@ -90,6 +90,7 @@ def _check(result: StepResult) -> None:
     assert isinstance(result, StepResult)
     info = result.info
     assert info["tool_errors"] <= info["tool_calls"]
+    assert info["valid_calls"] + info["tool_errors"] == info["tool_calls"]
     if not result.done:
         for message in result.observation.messages:
             assert message["role"] == "tool"

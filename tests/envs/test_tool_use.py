@@ -130,7 +130,7 @@ def test_lookup_math_episode_solved_with_search_then_calculator():
     assert "<tools>" in obs.messages[0]["content"] and "calculator" in obs.messages[0]["content"]
     question = task.prompt[-1]["content"]
     result = env.step(call("search", query=question, top_k=5))
-    assert not result.done and result.info == {"tool_calls": 1, "tool_errors": 0, "format_errors": 0}
+    assert not result.done and result.info == {"tool_calls": 1, "tool_errors": 0, "valid_calls": 1, "format_errors": 0}
     texts = " ".join(r["text"] for r in contents(result)[0]["result"]["results"])
     assert texts
     answer = task.reference["answer"]
@@ -188,7 +188,7 @@ def test_errors_are_structured_observations_and_counted():
     assert [p.get("error") for p in payloads] == [None, "invalid_arguments", "unknown_tool", "malformed_json",
                                                   "invalid_arguments"]
     assert payloads[0] == {"name": "calculator", "result": {"result": 4}}
-    assert result.info == {"tool_calls": 5, "tool_errors": 4, "format_errors": 0}
+    assert result.info == {"tool_calls": 5, "tool_errors": 4, "valid_calls": 1, "format_errors": 0}
     assert result.reward == -2.0
     assert all(m["role"] == "user" for m in result.observation.messages)
 

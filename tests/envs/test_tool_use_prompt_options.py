@@ -50,6 +50,15 @@ def test_demonstrations_are_real_tool_exchanges_before_the_question():
     assert "demo-1" not in obs.observation.messages[0]["content"]
 
 
+def test_a_family_second_pass_uses_its_second_example():
+    env = ToolUseEnv(families=["lookup"], tools=["search"], demonstrations=2, observation_role="user", num_eval=4)
+    prompt = env.tasks("eval")[0].prompt
+    questions = [m["content"] for m in prompt[1:-1] if m["role"] == "user" and not m["content"].startswith("{")]
+    assert questions == ["How many rivers does the country Elbaria have?", "In which year was Brightvale Tools founded?"]
+    second = json.loads(prompt[7]["content"])
+    assert second["result"]["results"][0]["id"] == "demo-2" and prompt[8]["content"] == "<answer>1931</answer>"
+
+
 @pytest.mark.parametrize("options, message", [
     ({"tools": ["search", "browser"]}, "environment.tools: unknown ['browser']"),
     ({"tool_descriptions": "yaml"}, "environment.tool_descriptions must be 'json' or 'brief'"),

@@ -37,4 +37,4 @@ def test_plugin_own_tests_pass_and_gpu_tests_skip_with_a_reason(installed_plugin
 
     if not torch.cuda.is_available():
         assert "needs a CUDA device" in result.stdout
-        assert "7 passed, 3 skipped" in result.stdout
+        assert "11 passed, 3 skipped" in result.stdout

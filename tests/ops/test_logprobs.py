@@ -90,15 +90,18 @@ def test_qwen_vocab(impl_device, monkeypatch):
 
 
 @pytest.mark.parametrize("impl_device", [p for p in IMPLS if p.values[0][0] == "triton"])
-def test_triton_partial_tiles(impl_device):
-    """Tiny tiles so the programs see partial vocab, row and hidden tiles."""
+@pytest.mark.parametrize("cublas_dw", [False, True])
+def test_triton_partial_tiles(impl_device, cublas_dw):
+    """Tiny tiles so the programs see partial vocab, row and hidden tiles; the float32 weight
+    gradient accumulated by the Triton kernel or by cuBLAS (``CUBLAS_DW``)."""
     from agent_lightning.kernels.token_logprobs import triton_token_logprobs
 
     device = impl_device[1]
 
     gen = torch.Generator().manual_seed(4)
     hidden, weight, b, targets = _leaves(gen, 21, 20, 83, bias=True, device=device)
-    blocks = dict(BLOCK_N=16, BLOCK_V=16, BLOCK_H=16, SLAB_V=32, CHUNK_N=7)  # 3 slabs x 3 chunks
+    blocks = dict(BLOCK_N=16, BLOCK_V=16, BLOCK_H=16, SLAB_V=32, CHUNK_N=7,  # 3 slabs x 3 chunks
+                  CUBLAS_DW=cublas_dw)
     lp, ent = triton_token_logprobs(hidden, weight, targets, b, 1.3, True, blocks)
     _check_against_reference(hidden, weight, b, targets, TokenLogprobs(lp, ent, None), 1.3, gen)
 

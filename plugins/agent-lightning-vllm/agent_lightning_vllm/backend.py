@@ -99,14 +99,14 @@ class VLLMBackend(TransformersBackend):
         self._synced = self.version
 
     def generate(self, prompts: Sequence[Sequence[int]], *, temperature: float, top_p: float = 1.0,
-                 max_new_tokens: int, generator: Any = None) -> list[Generation]:
+                 max_new_tokens: int, generator: Any = None, stop: Sequence[str] = ()) -> list[Generation]:
         """Sample through vLLM (see ``TransformersBackend.generate`` for the contract)."""
         if not prompts:
             return []
         self._sync()
         seeds = sampling_seeds(len(prompts), generator if generator is not None else self.generator)
         return self.engine.generate(prompts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                    seeds=seeds, stop_token_ids=self.stop_ids,
+                                    seeds=seeds, stop_token_ids=self.stop_ids, stop=stop,
                                     adapter=self.adapters.current if self.adapters is not None else None)
 
     # ------------------------------------------------------------------ training

@@ -82,11 +82,12 @@ class VLLMEngine:
 
     def generate(self, prompts: Sequence[Sequence[int]], *, temperature: float, top_p: float, max_new_tokens: int,
                  seeds: Sequence[int] | None, stop_token_ids: Sequence[int] = (),
-                 adapter: AdapterVersion | None = None) -> list[Generation]:
+                 adapter: AdapterVersion | None = None, stop: Sequence[str] = ()) -> list[Generation]:
         """One sampled continuation per prompt with the sampled token's log-prob.
 
         The returned ids include the stop token when one ended the sequence
-        (``finish_reason == "stop"``), like the transformers backend's.
+        (``finish_reason == "stop"``), like the transformers backend's. ``stop`` strings end a
+        sequence too and stay in it (``finish_reason == "stop_string"``); they need detokenising.
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -95,7 +96,7 @@ class VLLMEngine:
         self.wake_up()
         params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, logprobs=0,
                                  seed=None if seeds is None else int(seeds[i]), stop_token_ids=list(stop_token_ids),
-                                 detokenize=False)
+                                 stop=list(stop), include_stop_str_in_output=True, detokenize=bool(stop))
                   for i in range(len(prompts))]
         request = None if adapter is None else LoRARequest(adapter.name, adapter.int_id, adapter.path)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
@@ -134,8 +135,11 @@ def _to_generation(completion: Any) -> Generation:
     if len(steps) != len(ids):
         raise ValueError(f"vLLM returned {len(steps)} log-prob entries for {len(ids)} tokens")
     logprobs = tuple(float(step[token].logprob) for step, token in zip(steps, ids))
-    return Generation(token_ids=ids, logprobs=logprobs,
-                      finish_reason="stop" if completion.finish_reason == "stop" else "length")
+    if completion.finish_reason != "stop":
+        reason = "length"
+    else:  # vLLM's stop_reason is the stop string, the stop token id, or None for EOS
+        reason = "stop_string" if isinstance(getattr(completion, "stop_reason", None), str) else "stop"
+    return Generation(token_ids=ids, logprobs=logprobs, finish_reason=reason)
 
 
 def make_engine(model_path: str, settings: VLLMSettings, *, lora_rank: int | None, seed: int, dtype: str) -> Any:

@@ -143,3 +143,18 @@ def test_trainer_logprobs_recompute_what_the_policy_sampled(al_tiny_policy):
     assert fixed.sampling_logprobs.shape == batch.sampling_logprobs.shape and batch.num_sequences == 6
     assert metrics["rollout/logprob_mismatch_max"] < 1e-4
     assert torch.allclose(fixed.extras["is_weights"], torch.ones(batch.num_policy_tokens), atol=1e-4)
+
+
+@pytest.mark.parametrize("finish, stop_reason, expected", [
+    ("stop", None, "stop"), ("stop", 2, "stop"), ("stop", "</tool_call>", "stop_string"), ("length", None, "length"),
+])
+def test_completions_map_to_generations_with_the_finish_reason(finish, stop_reason, expected):
+    from types import SimpleNamespace
+
+    from agent_lightning_vllm.engine import _to_generation
+
+    step = {7: SimpleNamespace(logprob=-0.5)}, {9: SimpleNamespace(logprob=-1.5)}
+    completion = SimpleNamespace(token_ids=[7, 9], logprobs=list(step), finish_reason=finish, stop_reason=stop_reason)
+    generation = _to_generation(completion)
+    assert generation.token_ids == (7, 9) and generation.logprobs == (-0.5, -1.5)
+    assert generation.finish_reason == expected
