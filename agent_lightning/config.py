@@ -24,6 +24,15 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one line for the user."""
 
 
+def require_package(package: str, section: str, extra: str) -> None:
+    """Raise a ``ConfigError`` naming ``section`` and the extra to install when ``package``
+    cannot be imported (checked without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"{section}: the {package} package is not installed (pip install 'agent-lightning[{extra}]')")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

@@ -17,7 +17,6 @@ warning naming it). How long an unreachable server is retried is MLflow's
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_lightning.config import ConfigError, parse_options
+from agent_lightning.config import parse_options, require_package
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.trackers._flatten import (flat_config, numeric_metrics, scrub,
                                                scrub_text, secret_values, trajectories_due)
@@ -99,9 +98,7 @@ class MLflowTracker:
 
     def __init__(self, run_dir: str, **options: Any):
         self.options: MLflowOptions = parse_options(MLflowOptions, "trackers[mlflow]", options)
-        if importlib.util.find_spec("mlflow") is None:
-            raise ConfigError("trackers[mlflow]: the mlflow package is not installed "
-                              "(pip install 'agent-lightning[mlflow]')")
+        require_package("mlflow", "trackers[mlflow]", "mlflow")
         self.run_dir = Path(run_dir)
         self.state = RunState(run_dir, "mlflow")
         self.client: Any = None

@@ -8,13 +8,12 @@ resumed values, as ``metrics.jsonl`` does.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_lightning.config import ConfigError, parse_options
+from agent_lightning.config import parse_options, require_package
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.trackers._flatten import (numeric_metrics, render_conversation, scrub,
                                                scrub_text, secret_values, trajectories_due)
@@ -43,9 +42,7 @@ class TensorBoardTracker:
 
     def __init__(self, run_dir: str, **options: Any):
         self.options: TensorBoardOptions = parse_options(TensorBoardOptions, "trackers[tensorboard]", options)
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError("trackers[tensorboard]: the tensorboard package is not installed "
-                              "(pip install 'agent-lightning[tensorboard]')")
+        require_package("tensorboard", "trackers[tensorboard]", "tensorboard")
         self.log_dir = Path(self.options.log_dir) if self.options.log_dir else Path(run_dir) / LOG_DIR
         self.writer: Any = None
         self.config: Mapping[str, Any] = {}

@@ -14,7 +14,6 @@ before it is sent; the API key is never part of it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys
@@ -23,7 +22,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_lightning.config import ConfigError, parse_options
+from agent_lightning.config import parse_options, require_package
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.trackers._flatten import (numeric_metrics, render_conversation, scrub,
                                                scrub_text, secret_values, trajectories_due)
@@ -58,9 +57,7 @@ class WandbTracker:
 
     def __init__(self, run_dir: str, **options: Any):
         self.options: WandbOptions = parse_options(WandbOptions, "trackers[wandb]", options)
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError("trackers[wandb]: the wandb package is not installed "
-                              "(pip install 'agent-lightning[wandb]')")
+        require_package("wandb", "trackers[wandb]", "wandb")
         self.run_dir = Path(run_dir)
         self.state = RunState(run_dir, "wandb")
         self.run: Any = None
