@@ -1,4 +1,4 @@
-"""Build script: packages (with ``kernels/`` installed as ``agent_lightning.kernels``)
+"""Build script: packages (with ``kernels/triton/`` installed as ``agent_lightning.kernels``)
 and the optional C++/CUDA extension ``agent_lightning._C`` from ``csrc/``.
 
 The extension is built against the torch that is already installed, so install with
@@ -160,6 +160,6 @@ def _extension_setup() -> dict:
 
 setup(
     packages=packages,
-    package_dir={"agent_lightning.kernels": "kernels"},
+    package_dir={"agent_lightning.kernels": "kernels/triton"},
     **_extension_setup(),
 )

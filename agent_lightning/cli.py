@@ -10,6 +10,10 @@
     alightning report RUN_DIR          /  alightning show RUN_DIR [--step N]
     alightning --quiet COMMAND ...     (no progress bars; they are also off when stdout/stderr is not a terminal)
 
+Flags may come before, between or after the positionals, e.g. ``alightning run quickstart
+--nproc 2 trainer.steps=3``. CONFIG|PRESET is the one positional without '=' (wherever it is);
+ENV, RUN_DIR|CHECKPOINT and DATA.jsonl are the first positional of their command.
+
 Configuration mistakes print one line (``error: ...``) and exit with code 2; a run
 aborted for too many failed episodes exits with code 1.
 """
@@ -22,18 +26,26 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from agent_lightning.config import RunConfig
+    from agent_lightning.stopping import StopSignal
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent_lightning.config import ConfigError, apply_overrides, load_config, read_yaml, validate
-    from agent_lightning.trainer import Trainer
+    """``alightning run``: SIGTERM/SIGINT stop it gracefully from the start (a signal during
+    start-up stops the run right after the initial evaluation, with a step-0 checkpoint)."""
+    from agent_lightning import stopping
 
-    positional = list(args.config_and_overrides)
-    source = None
-    if positional and "=" not in positional[0]:
-        source = positional.pop(0)
-    overrides = positional
+    with stopping.StopSignal(announce=os.environ.get("RANK", "0") == "0") as signals:
+        return _start_run(args, signals)
+
+
+def _start_run(args: argparse.Namespace, signals: "StopSignal") -> int:
+    from agent_lightning.config import ConfigError, apply_overrides, load_config, read_yaml, validate
+
+    source, overrides = _source_and_overrides(args.config_and_overrides)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
@@ -62,13 +74,32 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's timestamp
     say = print if distributed.is_main() else (lambda *a, **k: None)
     say(f"run directory: {run_dir}", flush=True)
+    return _train(config, run_dir, resume=bool(args.resume), signals=signals, say=say)
+
+
+def _train(config: "RunConfig", run_dir: Path, *, resume: bool, signals: "StopSignal", say: Callable[..., None]) -> int:
+    """Build the trainer, run it, print the summary (or where to resume); the exit code."""
+    from agent_lightning import distributed, stopping
+    from agent_lightning.trainer import Trainer
+
     started = time.perf_counter()
     trainer = Trainer(config, run_dir)
     info = trainer.describe()
     say(f"policy: {info.get('model/parameters', '?'):,} parameters ({info.get('model/trainable_parameters', '?'):,} trainable) "
           f"on {info.get('model/device', '?')}; training log-probs: {info['ops/token_logprobs']} "
           "(from hidden states, never [tokens x vocab] logits)", flush=True)
-    result = trainer.run(resume=bool(args.resume))
+    result = trainer.run(resume=resume, signals=signals)
+    if result.stopped_by:
+        if result.checkpoint is not None:
+            when = f"after step {result.steps} (checkpoint {result.checkpoint})"
+        elif result.steps == 0:
+            when = "before training began (nothing to save)"
+        else:
+            when = f"after step {result.steps} (its checkpoint could not be written)"
+        say(f"stopped by {stopping.signal_name(result.stopped_by)} {when}; resume with: alightning run --resume {run_dir}",
+            flush=True)
+        distributed.shutdown()
+        return stopping.exit_code(result.stopped_by)
     elapsed = time.perf_counter() - started
     first = result.first_eval.get("eval/success_rate")
     last = result.last_eval.get("eval/success_rate")
@@ -81,6 +112,17 @@ def _run(args: argparse.Namespace) -> int:
     say(f"run directory: {run_dir}", flush=True)
     distributed.shutdown()
     return 0
+
+
+def _source_and_overrides(positional: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Split ``run`` / ``config show`` positionals into the config or preset (the one without
+    '=', wherever it is; None when absent) and the key=value overrides, in their order."""
+    from agent_lightning.config import ConfigError
+
+    sources = [item for item in positional if "=" not in item]
+    if len(sources) > 1:
+        raise ConfigError(f"two configs given: '{sources[0]}' and '{sources[1]}'; pass one config and key=value overrides")
+    return (sources[0] if sources else None), [item for item in positional if "=" in item]
 
 
 def _relaunch_args(args: argparse.Namespace) -> list[str]:
@@ -99,9 +141,8 @@ def _config_show(args: argparse.Namespace) -> int:
 
     from agent_lightning.config import explain, passthrough_environment
 
-    positional = list(args.config_and_overrides)
-    source = positional.pop(0) if positional and "=" not in positional[0] else None
-    rows = explain(source, positional)
+    source, overrides = _source_and_overrides(args.config_and_overrides)
+    rows = explain(source, overrides)
     width = max(len(f"{path}: {yaml.safe_dump(value, default_flow_style=True).strip()}") for path, value, _ in rows)
     for path, value, where in rows:
         text = f"{path}: {yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix(chr(10) + '...')}"
@@ -183,7 +224,10 @@ def _try(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``alightning`` parser; parse with ``agent_lightning.cli_args.parse_args`` (flags and
+    positionals in any order)."""
     from agent_lightning import __version__
+    from agent_lightning.cli_args import rest_positional
 
     parser = argparse.ArgumentParser(prog="alightning", description="Train LLM agents with reinforcement learning.")
     parser.add_argument("--version", action="version", version=f"agent-lightning {__version__}")
@@ -192,13 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="train (with no config: the packaged quickstart)")
+    quiet = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: the flag may also come before the command (alightning --quiet run ...).
+    quiet.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
+    run = sub.add_parser("run", parents=[quiet], help="train (with no config: the packaged quickstart)")
     run.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG|PRESET] [key.path=value ...]")
     run.add_argument("--output-dir", help="the run directory (default: <trainer.output_dir>/<name>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
     run.add_argument("--nproc", type=int, metavar="N",
                      help="data-parallel training in N processes on this machine (starts torchrun --standalone)")
     run.set_defaults(handler=_run)
+    rest_positional(run, "config_and_overrides")
 
     plugins = sub.add_parser("plugins", help="list every registered component and where it came from")
     plugins.set_defaults(handler=_plugins)
@@ -208,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     show = config_sub.add_parser("show", help="the fully resolved config and where each value came from")
     show.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG|PRESET] [key.path=value ...]")
     show.set_defaults(handler=_config_show)
+    rest_positional(show, "config_and_overrides")
 
     new = sub.add_parser("new-plugin", help="scaffold an agent-lightning-NAME plugin distribution")
     new.add_argument("name", help="plugin name: lowercase letters, digits and '-'")
@@ -225,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     try_env.add_argument("--task", help="task id (default: a random task of the split)")
     try_env.add_argument("--seed", type=int, default=None)
     try_env.set_defaults(handler=_try)
+    rest_positional(try_env, "options")
     from agent_lightning.eval_cli import add_commands
 
     add_commands(sub)  # eval, report, show
@@ -235,10 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from agent_lightning.cli_args import parse_args
     from agent_lightning.config import ConfigError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2

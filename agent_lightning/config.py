@@ -5,14 +5,21 @@ Top-level sections: ``model``, ``backend``, ``environment``, ``reward``, ``algor
 section; the section's other keys are that component's options, validated by the
 component itself (its error names the key path too).
 
-Every problem becomes a ``ConfigError`` whose message is one line naming the key path,
-the value and what is allowed; the CLI prints it and exits with code 2.
+Problems become a ``ConfigError`` naming, for each, the key path, the value and what is
+allowed (with a did-you-mean where one is close): one line for a single problem, else a
+count line and one line per problem (unknown keys, then invalid values, then missing
+keys). The CLI prints it as ``error: ...`` and exits with code 2.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
+import enum
 import importlib.resources
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
@@ -21,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 
 class ConfigError(ValueError):
-    """A configuration problem, phrased as one line for the user."""
+    """A configuration problem phrased for the user: one line, or one line per problem."""
 
 
 def require_package(package: str, section: str, extra: str) -> None:
@@ -141,6 +148,10 @@ class TrainerConfig(_Strict):
     time_limit_s: float | None = Field(
         None, gt=0.0, description="stop training after the first step that ends past this many seconds "
                                   "(from the first step); the final evaluation and checkpoint then run as at `steps`")
+    max_skipped_updates: int = Field(3, ge=0, description="abort after more than this many optimizer updates "
+                                                            "in a row skipped for a non-finite loss or gradient norm")
+    checkpoint_errors: Literal["abort", "warn"] = Field(
+        "abort", description="a checkpoint that cannot be written (full disk): abort the run, or warn and go on")
     log_trajectories: int = Field(4, ge=0, description="trajectories written per step")
     output_dir: str = "runs"
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
@@ -263,47 +274,204 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     return data
 
 
+_WRAPPER_PARTS = {"function-after", "function-before", "function-wrap", "function-plain"}
+_NAME_EXAMPLES = {"environment": "guess-number", "reward": "env-reward", "algorithm": "grpo", "trackers": "console"}
+"""Example component names shown when a section or its ``name:`` is missing."""
+
+
+def _candidates(annotation: Any) -> list[Any]:
+    """The annotation itself, or the members of a union (``X | None`` -> ``[X]``)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    return next((c for c in _candidates(annotation) if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def _walk(model: type[BaseModel], loc: Sequence[Any]) -> list[Any]:
+    """Annotations along ``loc`` from ``model``: one per leading part that names a declared
+    field (or a list item); stops at the first part that does not (an unknown key, a union
+    member's tag, a mapping's key)."""
+    annotations: list[Any] = []
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            item = next((typing.get_args(c)[0] for c in _candidates(current)
+                         if typing.get_origin(c) in (list, tuple, collections.abc.Sequence) and typing.get_args(c)), None)
+            if item is None:
+                break
+            current = item
+        else:
+            holder = _as_model(current)
+            field = getattr(holder, "model_fields", {}).get(part) if holder else None
+            if field is None:
+                break
+            current = field.annotation
+        annotations.append(current)
+    return annotations
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[Any]) -> type[BaseModel] | None:
+    """The model whose keys sit at ``loc`` (``()``: ``model`` itself)."""
+    annotations = _walk(model, loc)
+    return _as_model(annotations[-1] if loc else model) if len(annotations) == len(loc) else None
+
+
 def _allowed_keys(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     """Field names of the model found at ``loc`` (without the last element)."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if current is None:
-            return []
-    return sorted(getattr(current, "model_fields", {}))
+    return sorted(getattr(_model_at(model, loc[:-1]), "model_fields", {}))
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    loc = [p for p in error["loc"] if not (isinstance(p, str) and p in {"function-after", "function-before"})]
-    path = ".".join(str(p) for p in loc) or "<top level>"
-    if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(RunConfig, loc)
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"unknown key '{path}' (allowed: {', '.join(allowed)}){hint}"
-    if error["type"] == "missing":
-        return f"missing key '{path}'"
-    value = error.get("input")
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return f"invalid value {shown} for '{path}': {error['msg']}"
+def _closest(word: Any, choices: Sequence[Any]) -> Any | None:
+    """The choice closest to ``word`` (difflib, ignoring case), or None."""
+    if not isinstance(word, str):
+        return None
+    by_lower = {str(c).lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return by_lower[close[0]] if close and by_lower[close[0]] != word else None
+
+
+def _literal_choices(annotation: Any, error: Mapping[str, Any]) -> list[Any]:
+    """Allowed values of a ``Literal``/``Enum`` field (else those quoted in the error)."""
+    choices: list[Any] = []
+    for candidate in _candidates(annotation):
+        if typing.get_origin(candidate) is Literal:
+            choices += typing.get_args(candidate)
+        elif isinstance(candidate, type) and issubclass(candidate, enum.Enum):
+            choices += [member.value for member in candidate]
+    if not choices:
+        choices = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+    return choices
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    if isinstance(value, (dict, list)) and len(text) > 60:
+        return f"<{type(value).__name__} of {len(value)} item(s)>"
+    return text
+
+
+def _problem_kind(error: Mapping[str, Any]) -> str:
+    return {"extra_forbidden": "unknown", "missing": "missing"}.get(error["type"], "invalid")
+
+
+def _describe(error: Mapping[str, Any], model: type[BaseModel] = RunConfig, prefix: Sequence[str] = ()) -> str:
+    """One line for one pydantic error of ``model`` (key paths start with ``prefix``):
+    the key path, the value and what is allowed, with a did-you-mean where one is close."""
+    loc = [p for p in error["loc"] if not (isinstance(p, str) and p in _WRAPPER_PARTS)]
+    path = ".".join(str(p) for p in (*prefix, *loc)) or "<top level>"
+    kind = _problem_kind(error)
+    if kind == "unknown":
+        allowed = _allowed_keys(model, loc)
+        close = _closest(str(loc[-1]), allowed) if loc else None
+        listed = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        hint = f"; did you mean '{close}'?" if close else ""
+        return f"unknown key '{path}'{listed}{hint}"
+    annotations = _walk(model, loc)
+    if kind == "missing":
+        return f"missing key '{path}'{_missing_detail(model, loc, annotations)}{_misspelt_hint(model, loc, error)}"
+    hint = ""
+    if error["type"] in ("literal_error", "enum") and len(annotations) == len(loc):
+        choices = _literal_choices(annotations[-1] if loc else model, error)
+        close = _closest(error.get("input"), choices) if len(choices) > 1 else None
+        hint = f"; did you mean {close!r}?" if close is not None else ""
+    return f"invalid value {_shown(error.get('input'))} for '{path}': {error['msg']}{hint}"
+
+
+def _missing_detail(model: type[BaseModel], loc: Sequence[Any], annotations: list[Any]) -> str:
+    """What a missing key should hold: a section's required keys, a component's name, or
+    the field's description."""
+    if not loc or len(annotations) != len(loc):
+        return ""
+    section = next((str(p) for p in loc if isinstance(p, str)), "")
+    example = _NAME_EXAMPLES.get(section)
+    missing_model = _as_model(annotations[-1])
+    if missing_model is not None:
+        required = [name for name, field in missing_model.model_fields.items() if field.is_required()]
+        if not required:
+            return ""
+        keys = ", ".join(f"'{name}:'" for name in required)
+        shown = f", e.g. {loc[-1]}: {{name: {example}}}" if required == ["name"] and example else ""
+        return f" (a section with at least {keys}{shown})"
+    holder = _model_at(model, loc[:-1])
+    if loc[-1] == "name" and holder is not None and issubclass(holder, ComponentConfig):
+        what = section[:-1] if section == "trackers" else section
+        return f" (which {what} to use, e.g. name: {example})" if example else f" (which {what} to use)"
+    field = getattr(holder, "model_fields", {}).get(loc[-1]) if holder else None
+    return f" ({field.description})" if field is not None and field.description else ""
+
+
+def _misspelt_hint(model: type[BaseModel], loc: Sequence[Any], error: Mapping[str, Any]) -> str:
+    """For a missing key: an undeclared key given beside it that is close to its name."""
+    given = error.get("input")
+    if not loc or not isinstance(given, Mapping) or not isinstance(loc[-1], str):
+        return ""
+    declared = set(_allowed_keys(model, loc))
+    strays = [k for k in given if isinstance(k, str) and k not in declared]
+    close = difflib.get_close_matches(loc[-1], strays, n=1)
+    return f"; did you mean '{loc[-1]}' instead of the unknown '{close[0]}'?" if close else ""
+
+
+def _merge_union_errors(errors: Sequence[Mapping[str, Any]], model: type[BaseModel]) -> list[dict[str, Any]]:
+    """One error per field: the errors of a union field's members (``loc`` ending in a
+    member's tag, e.g. ``target_modules.list[str]`` and ``target_modules.str``) become one,
+    at the field, whose message names every member."""
+    merged: list[dict[str, Any]] = []
+    by_path: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for error in errors:
+        error = dict(error)
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and p in _WRAPPER_PARTS))
+        annotations = _walk(model, loc)
+        n = len(annotations)
+        if _problem_kind(error) == "invalid" and 0 < n < len(loc) and len(_candidates(annotations[-1])) > 1:
+            field_loc = loc[:n]
+            if field_loc in by_path:
+                by_path[field_loc]["msgs"].append(error["msg"])
+                continue
+            error.update(loc=field_loc, type="union", msgs=[error["msg"]])
+            by_path[field_loc] = error
+        merged.append(error)
+    for error in by_path.values():
+        messages = error.pop("msgs")
+        lead = "Input should be "
+        if all(m.startswith(lead) for m in messages):
+            rest = [m[len(lead):] for m in messages]
+            error["msg"] = lead + ("; or " if any("," in r for r in rest) else " or ").join(rest)
+        else:
+            error["msg"] = "; or ".join(messages)
+    return merged
+
+
+def _problems(exc: ValidationError, model: type[BaseModel], prefix: Sequence[str] = ()) -> list[str]:
+    """Every problem of ``exc``, one line each: unknown keys, then invalid values, then
+    missing keys; within a kind in pydantic's order (the order the models declare their
+    fields, unknown keys after a level's fields)."""
+    order = {"unknown": 0, "invalid": 1, "missing": 2}
+    errors = sorted(_merge_union_errors(exc.errors(), model), key=lambda e: order[_problem_kind(e)])
+    lines: list[str] = []
+    for error in errors:
+        line = _describe(error, model, prefix)
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def _problems_error(problems: Sequence[str], where: str) -> ConfigError:
+    """One problem: its line; several: a count line, then one indented line each."""
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    return ConfigError(f"{len(problems)} problems in {where}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def validate(data: Mapping[str, Any]) -> RunConfig:
-    """Validate plain data into a ``RunConfig`` or raise a one-line ``ConfigError``."""
+    """Validate plain data into a ``RunConfig`` or raise a ``ConfigError`` listing every
+    problem (one line when there is one)."""
     try:
         return RunConfig.model_validate(dict(data))
     except ValidationError as exc:
-        errors = exc.errors()
-        first = _describe(errors[0])
-        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(first + more) from None
+        raise _problems_error(_problems(exc, RunConfig), "the config") from None
 
 
 ENV_OVERRIDES: dict[str, str] = {
@@ -398,17 +566,12 @@ def parse_options(config_cls: type[BaseModel], section: str, options: Mapping[st
     """Validate a component's options into ``config_cls``; errors name ``section.key``.
 
     Components with many options (algorithms first) use this, so that their mistakes
-    read like the core config's.
+    read like the core config's: every problem listed, unknown keys with a did-you-mean.
     """
     try:
         return config_cls.model_validate(dict(options))
     except ValidationError as exc:
-        error = exc.errors()[0]
-        key = ".".join(str(p) for p in (section, *error["loc"]))
-        if error["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(config_cls.model_fields))
-            raise ConfigError(f"unknown key '{key}' (allowed: {allowed})") from None
-        raise ConfigError(f"invalid value {error.get('input')!r} for '{key}': {error['msg']}") from None
+        raise _problems_error(_problems(exc, config_cls, (section,)), f"'{section}'") from None
 
 
 def dump_yaml(config: RunConfig) -> str:

@@ -170,6 +170,25 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest of every rank's ``value`` (``all_reduce`` MAX), on every rank: how ranks
+    agree on a flag that only some of them saw (a stop signal, a non-finite loss)."""
+    if not _context.active or _context.world_size == 1:
+        return int(value)
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if _context.backend == "nccl" else torch.device("cpu")
+    box = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return int(box.item())
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` holds on at least one rank (every rank gets the same answer)."""
+    return bool(max_over_ranks(int(bool(flag))))
+
+
 def shard(items: Sequence[T]) -> list[T]:
     """This rank's contiguous share of ``items`` (sizes differ by at most one; rank order).
 
@@ -366,7 +385,7 @@ def load_backend(backend: Any, folder: Any) -> None:
     from pathlib import Path
 
     folder = Path(folder)
-    if _context.world_size > 1 and not (folder / "trainer.json").is_file():
+    if _context.world_size > 1 and not (folder / "manifest.json").is_file():
         raise RuntimeError(f"rank {_context.rank} cannot see checkpoint {folder}: a multi-node run needs "
                            "trainer.output_dir on a filesystem every node mounts")
     if _context.active and _context.strategy == "fsdp":
@@ -400,4 +419,25 @@ def launch(nproc: int, cli_args: Sequence[str]) -> int:
         raise ConfigError("--nproc: this process was itself started by torchrun; drop --nproc")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "agent_lightning.cli", *cli_args]
-    return subprocess.call(command)
+    import signal
+    import threading
+
+    from agent_lightning import stopping
+
+    proc = subprocess.Popen(command)
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        """Pass SIGTERM/SIGINT on to torchrun, which passes it on to every rank (graceful stop)."""
+        received.append(signum)
+        proc.send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, forward) for sig in stopping.SIGNALS}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return stopping.exit_code(received[0]) if received and code != 0 else code

@@ -61,6 +61,8 @@ def _show(args: argparse.Namespace) -> int:
 
 def add_commands(sub: Any) -> None:
     """Add ``eval``, ``report`` and ``show`` to the CLI's subparsers."""
+    from agent_lightning.cli_args import rest_positional
+
     quiet = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: the flag may also come before the command (alightning --quiet eval ...).
     quiet.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
@@ -78,6 +80,7 @@ def add_commands(sub: Any) -> None:
     ev.add_argument("--json", metavar="PATH", help="also write the results here (always: RUN_DIR/eval/results.json)")
     ev.add_argument("--no-trackers", action="store_true", help="do not log ckpt_eval/... to the run's trackers")
     ev.set_defaults(handler=_eval)
+    rest_positional(ev, "overrides")  # key=value overrides may also follow the flags
 
     rep = sub.add_parser("report", parents=[quiet], help="PNG plots and a one-page HTML summary of a run")
     rep.add_argument("run_dir", metavar="RUN_DIR")

@@ -18,6 +18,7 @@ command prints its own table).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from agent_lightning import progress
 from agent_lightning.config import ConfigError, RunConfig, apply_overrides, read_yaml, validate
 from agent_lightning.eval_stats import summarize, tracker_metrics
 from agent_lightning.types import SPLITS
+
+log = logging.getLogger("agent_lightning.evaluation")
 
 RESULTS_FILE = Path("eval") / "results.json"
 OVERRIDABLE = ("environment", "reward", "sampling")
@@ -44,10 +47,16 @@ class EvalTarget:
 
 
 def resolve_target(path: str | Path) -> EvalTarget:
-    """``RUN_DIR`` (every checkpoint) or ``RUN_DIR/checkpoints/step-N`` (that one)."""
+    """``RUN_DIR`` (every intact checkpoint) or ``RUN_DIR/checkpoints/step-N`` (that one).
+
+    Checkpoints are verified against their manifests: a damaged one named on the command
+    line is a one-line ``CheckpointError``; in a run directory it is skipped with a warning
+    naming the damaged file.
+    """
     path = Path(path)
-    if (path / "trainer.json").is_file() and ckpt.STEP_DIR.match(path.name):
+    if path.is_dir() and ckpt.STEP_DIR.match(path.name) and path.parent.name == "checkpoints":
         run_dir = path.parent.parent
+        ckpt.verify_checkpoint(path)
         checkpoints = [(int(ckpt.STEP_DIR.match(path.name).group(1)), path)]
     else:
         run_dir = path
@@ -55,7 +64,9 @@ def resolve_target(path: str | Path) -> EvalTarget:
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{path}: not a run directory or checkpoint (no config.yaml in {run_dir})")
     if checkpoints is None:
-        checkpoints = ckpt.list_checkpoints(run_dir)
+        checkpoints, damaged = ckpt.intact_checkpoints(run_dir)
+        for step, _folder, why in damaged:
+            log.warning("checkpoint step-%d is damaged and not evaluated: %s", step, why)
     return EvalTarget(run_dir, [(step, folder) for step, folder in checkpoints if step != 0])
 
 

@@ -282,6 +282,8 @@ def load_reward_model(path: str | Path, *, device: str = "cpu") -> tuple[ScalarR
 
 def add_command(sub: Any) -> None:
     """Register ``alightning train-reward-model`` on the CLI's subparsers."""
+    from agent_lightning.cli_args import rest_positional
+
     parser = sub.add_parser("train-reward-model", help="train a Bradley-Terry reward model from preference JSONL")
     parser.add_argument("data", help="preference JSONL (prompt / chosen / rejected; see agent_lightning.preferences)")
     parser.add_argument("overrides", nargs="*", metavar="model.key=value",
@@ -292,6 +294,7 @@ def add_command(sub: Any) -> None:
         parser.add_argument(f"--{flag}", type=kind, default=None)
     parser.add_argument("--eval-data", default=None, help="held-out preference JSONL (default: --eval-fraction of DATA)")
     parser.set_defaults(handler=run_command)
+    rest_positional(parser, "overrides")  # model.* overrides may also follow the flags
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -111,6 +111,8 @@ def play(
         for ep, future in submitted:
             try:
                 results.append((ep, future.result(timeout=step_timeout_s)))
+            except KeyboardInterrupt:  # Ctrl-C (a second SIGINT) while waiting here: stop the run
+                raise
             except BaseException as exc:  # noqa: BLE001 - any environment error fails this episode only
                 ep.failure, ep.done = _failure_text(stage, exc), True
                 envs.replace(ep.env_slot)

@@ -14,6 +14,7 @@ Step 0 is the policy before any update: it is evaluated, as is the final step.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import json
 import logging
 import random
@@ -26,6 +27,7 @@ from typing import Any, Sequence
 from agent_lightning import checkpoint as ckpt
 from agent_lightning import distributed
 from agent_lightning import progress
+from agent_lightning import stopping
 from agent_lightning.batch import check_invariants
 from agent_lightning.config import ConfigError, RunConfig, dump_yaml
 from agent_lightning.plugins import PluginManager, get_plugin_manager
@@ -42,15 +44,22 @@ log = logging.getLogger("agent_lightning")
 
 
 class TrainingAborted(RuntimeError):
-    """Too many episodes failed in one step (``trainer.max_failure_rate``)."""
+    """The run cannot go on: too many failed episodes in a step (``trainer.max_failure_rate``),
+    too many non-finite updates in a row (``trainer.max_skipped_updates``), or a checkpoint
+    that could not be written (``trainer.checkpoint_errors: abort``)."""
 
 
 @dataclass
 class RunResult:
+    """How a run ended. ``stopped_by`` is the signal number when SIGTERM/SIGINT stopped it
+    early (``checkpoint`` is then the checkpoint to resume from)."""
+
     run_dir: Path
     steps: int
     first_eval: dict[str, float]
     last_eval: dict[str, float]
+    stopped_by: int | None = None
+    checkpoint: Path | None = None
 
 
 class Trackers:
@@ -164,7 +173,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-<step>`` (rank 0 writes, every rank takes part).
+
+        A write that fails (a full disk) leaves the earlier checkpoints intact; it aborts the
+        run with ``TrainingAborted`` (``trainer.checkpoint_errors: abort``) or, with ``warn``,
+        logs a warning and returns ``None``.
+        """
         def write(folder: Path) -> None:
             import torch
 
@@ -175,17 +190,30 @@ class Trainer:
                             folder / "trainer_state")
             (folder / "trainer.json").write_text(json.dumps({"step": self.step}))
 
+        failure = None
         with progress.task(f"writing checkpoint step-{self.step}"), distributed.checkpoint_state(self.backend):
             if distributed.is_main():  # rank 0 writes; the others wait for it
-                ckpt.write_checkpoint(self.run_dir, self.step, write, self.config.trainer.keep_checkpoints)
-        distributed.barrier()
-        return ckpt.checkpoint_dir(self.run_dir) / f"step-{self.step}"
+                try:
+                    ckpt.write_checkpoint(self.run_dir, self.step, write, self.config.trainer.keep_checkpoints)
+                except ckpt.CheckpointWriteError as exc:
+                    failure = str(exc)
+        failure = distributed.broadcast_object(failure)  # rank 0's outcome, on every rank
+        if failure is None:
+            return ckpt.checkpoint_dir(self.run_dir) / f"step-{self.step}"
+        previous = ckpt.latest_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint is {previous[1]}" if previous else "no earlier checkpoint exists"
+        if self.config.trainer.checkpoint_errors == "warn":
+            log.warning("%s; training goes on (trainer.checkpoint_errors=warn); %s", failure, kept)
+            return None
+        raise TrainingAborted(f"{failure}; {kept}")
 
     def restore(self) -> bool:
         """Continue from the run directory's latest checkpoint; False when there is none."""
         import torch
 
-        found = distributed.broadcast_object(ckpt.latest_checkpoint(self.run_dir))  # rank 0's choice
+        found = distributed.broadcast_object(self._pick_checkpoint())  # rank 0's choice (or its error)
+        if isinstance(found, str):
+            raise ckpt.CheckpointError(found)
         if found is None:
             return False
         step, folder = found
@@ -200,6 +228,27 @@ class Trainer:
         if distributed.is_main():
             truncate_metrics(self.run_dir, step)
         return True
+
+    def _pick_checkpoint(self) -> tuple[int, Path] | str | None:
+        """Rank 0's choice of checkpoint to resume from: the newest intact one (damaged newer
+        ones are moved aside to ``checkpoints/.damaged-step-N`` so that later saves and
+        resumes never meet them), ``None`` when there is none, or the error as text."""
+        if not distributed.is_main():
+            return None
+        try:
+            found = ckpt.latest_checkpoint(self.run_dir)
+        except ckpt.CheckpointError as exc:
+            return str(exc)
+        for step, folder in ckpt.list_checkpoints(self.run_dir):
+            if found is not None and step > found[0]:
+                aside = folder.with_name(f".damaged-{folder.name}")
+                n = 1
+                while aside.exists():
+                    n += 1
+                    aside = folder.with_name(f".damaged-{folder.name}-{n}")
+                folder.replace(aside)
+                log.warning("moved the damaged checkpoint %s aside to %s", folder, aside)
+        return found
 
     # ------------------------------------------------------------------ episodes
 
@@ -304,41 +353,87 @@ class Trainer:
             return False
         return bool(distributed.broadcast_object(time.perf_counter() - started > limit))
 
-    def run(self, *, resume: bool = False, until_step: int | None = None) -> RunResult:
+    def run(self, *, resume: bool = False, until_step: int | None = None,
+            signals: stopping.StopSignal | None = None) -> RunResult:
         """Train to ``trainer.steps`` (or stop after ``until_step``, checkpointing there so
-        that ``--resume`` continues exactly: preemptible schedules use this)."""
+        that ``--resume`` continues exactly: preemptible schedules use this).
+
+        SIGTERM / SIGINT (``signals``, already installed by the caller so that a signal during
+        start-up counts too; else installed here) stop the run after the current step with a
+        checkpoint; ``RunResult.stopped_by`` then names the signal.
+        """
         c = self.config
         stop = c.trainer.steps if until_step is None else min(until_step, c.trainer.steps)
         if distributed.is_main():
             (self.run_dir / "config.yaml").write_text(dump_yaml(c))
             (self.run_dir / "run_info.json").write_text(json.dumps(self.describe(), indent=1))
-        resumed = self.restore() if resume else False
-        if resumed:
-            self.trackers.resume(self.step)
-        self.trackers.log_config(c.to_dict())
         first_eval: dict[str, float] = {}
         last_eval: dict[str, float] = {}
+        stopped_by: int | None = None
+        saved: Path | None = None
         try:
-            if not resumed:
-                first_eval = last_eval = self.evaluate()
-                self.trackers.log_metrics(0, first_eval)
-            started = time.perf_counter()
-            while self.step < stop:
-                metrics = self.train_step()
-                final = self.step == c.trainer.steps or self._out_of_time(started)
-                if final and self.step < stop:
-                    log.warning("trainer.time_limit_s=%s reached after step %d: final evaluation and checkpoint now",
-                                c.trainer.time_limit_s, self.step)
-                    stop = self.step
-                if (c.trainer.eval_every and self.step % c.trainer.eval_every == 0) or final:
-                    last_eval = self.evaluate()
-                    metrics.update(last_eval)
-                self.trackers.log_metrics(self.step, metrics)
-                if (c.trainer.checkpoint_every and self.step % c.trainer.checkpoint_every == 0) or self.step == stop:
-                    self.trackers.log_checkpoint(self.step, str(self.save_checkpoint()))
+            resumed = self.restore() if resume else False
+            if resumed:
+                self.trackers.resume(self.step)
+            self.trackers.log_config(c.to_dict())
+            with contextlib.nullcontext(signals) if signals else stopping.StopSignal(distributed.is_main()) as signals:
+                if not resumed:
+                    if stopped_by := self._stop_signal(signals):  # during start-up: nothing to save yet
+                        return RunResult(self.run_dir, self.step, {}, {}, stopped_by, None)
+                    first_eval = last_eval = self.evaluate()
+                    self.trackers.log_metrics(0, first_eval)
+                started = time.perf_counter()
+                skipped_in_a_row = 0
+                while self.step < stop and not (stopped_by := self._stop_signal(signals)):
+                    metrics = self.train_step()
+                    skipped_in_a_row = self._guard_updates(metrics, skipped_in_a_row)
+                    final = self.step == c.trainer.steps or self._out_of_time(started)
+                    if final and self.step < stop:
+                        log.warning("trainer.time_limit_s=%s reached after step %d: final evaluation and checkpoint now",
+                                    c.trainer.time_limit_s, self.step)
+                        stop = self.step
+                    if (c.trainer.eval_every and self.step % c.trainer.eval_every == 0) or final:
+                        last_eval = self.evaluate()
+                        metrics.update(last_eval)
+                    self.trackers.log_metrics(self.step, metrics)
+                    saved = None
+                    if (c.trainer.checkpoint_every and self.step % c.trainer.checkpoint_every == 0) or self.step == stop:
+                        saved = self._checkpoint()
+                if stopped_by and saved is None:  # stopped early: the step just finished is saved
+                    saved = self._checkpoint()
         finally:
             self.trackers.close()
             self.rollout_executor.close()
             self.envs.close()
             self.executor.shutdown(wait=False, cancel_futures=True)
-        return RunResult(self.run_dir, self.step, first_eval, last_eval)
+        return RunResult(self.run_dir, self.step, first_eval, last_eval, stopped_by or None, saved)
+
+    def _checkpoint(self) -> Path | None:
+        saved = self.save_checkpoint()
+        if saved is not None:
+            self.trackers.log_checkpoint(self.step, str(saved))
+        return saved
+
+    @staticmethod
+    def _stop_signal(signals: stopping.StopSignal) -> int:
+        """The stop signal any rank received (0: none): every rank stops after the same step."""
+        return distributed.max_over_ranks(signals.signum or 0)
+
+    def _guard_updates(self, metrics: dict[str, float], in_a_row: int) -> int:
+        """Log this step's skipped (non-finite) updates; abort past ``trainer.max_skipped_updates``
+        in a row. Returns the updated count of skips in a row."""
+        updates = int(metrics.pop("train/updates", 0))
+        trailing = int(metrics.pop("train/trailing_skipped_updates", 0))
+        skipped = int(metrics.get("train/skipped_updates", 0))
+        if not skipped:
+            return 0
+        in_a_row = in_a_row + trailing if trailing == updates else trailing
+        log.warning("step %d: %d of %d optimizer updates skipped (non-finite loss or gradient norm)",
+                    self.step, skipped, updates)
+        limit = self.config.trainer.max_skipped_updates
+        if in_a_row > limit:
+            found = ckpt.latest_checkpoint(self.run_dir) if distributed.is_main() else None
+            kept = f"the last good checkpoint is {found[1]}" if found else "no checkpoint was written yet"
+            raise TrainingAborted(f"step {self.step}: {in_a_row} optimizer updates in a row had a non-finite loss or "
+                                  f"gradient norm (more than trainer.max_skipped_updates={limit}); {kept}")
+        return in_a_row

@@ -49,7 +49,7 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import Field
 
 from agent_lightning.algorithms import training
-from agent_lightning.algorithms.training import OptimizerOptions
+from agent_lightning.algorithms.training import OptimizerOptions, UpdateTally, is_finite
 from agent_lightning.config import ConfigError, parse_options
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.types import Trajectory
@@ -336,21 +336,31 @@ class DPO:
         backend.train_mode(True)
         totals: dict[str, float] = {}
         count = 0
+        tally = UpdateTally()  # the non-finite guard: a NaN/inf loss or gradient norm skips the update
         for _epoch in range(c.epochs):
             for mb in range(c.minibatches):
                 rows = list(range(len(pairs)))[mb::c.minibatches]
                 if not rows:
                     continue
+                mb_totals: dict[str, float] = {}
+                finite = True
                 for micro in self._micro_batches(pairs, rows):
                     loss, stats = self.loss(backend, pairs, micro)
+                    if not is_finite(loss):
+                        finite = False
+                        continue
                     share = len(micro) / len(rows)
                     (loss * share).backward()
                     for key, value in stats.items():
-                        totals[key] = totals.get(key, 0.0) + float(value) * share
-                for key, value in backend.optimizer_step(c.max_grad_norm).items():
+                        mb_totals[key] = mb_totals.get(key, 0.0) + float(value) * share
+                stepped = tally.step(backend, c.max_grad_norm, finite_loss=finite)
+                if stepped is None:
+                    continue
+                for key, value in [*mb_totals.items(), *stepped.items()]:
                     totals[key] = totals.get(key, 0.0) + value
                 count += 1
-        metrics.update({key: value / count for key, value in totals.items()})
+        metrics.update({key: value / max(1, count) for key, value in totals.items()})
+        metrics.update(tally.metrics())
         return metrics
 
     def offline_step(self, backend: Any, step: int) -> dict[str, float]:

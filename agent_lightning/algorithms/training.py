@@ -76,6 +76,47 @@ def norm_tokens(batch: "PackedBatch", options: PolicyGradientOptions) -> int:
     return options.loss_norm_tokens or max(lengths)
 
 
+class UpdateTally:
+    """One step's optimizer updates, with the non-finite guard.
+
+    :meth:`step` applies an update unless a micro-batch loss (on any rank) or the gradient
+    norm is NaN/inf; a skipped update leaves weights, optimizer and schedule as they were.
+    :meth:`metrics` gives ``updates``, ``skipped_updates`` and ``trailing_skipped_updates``
+    (skips in a row at the end of the step), from which the trainer counts skips in a row
+    across steps (``trainer.max_skipped_updates``).
+    """
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.skipped = 0
+        self.trailing = 0
+
+    def step(self, backend: Any, max_grad_norm: float, *, finite_loss: bool) -> dict[str, float] | None:
+        """Step the optimizer; ``None`` when the update was skipped, else the backend's metrics."""
+        import math
+
+        bad = distributed.any_rank(not finite_loss)
+        out = backend.optimizer_step(max_grad_norm, skip=bad)
+        self.updates += 1
+        if bad or out.get("skipped") or not all(math.isfinite(v) for k, v in out.items() if k.startswith("grad_norm")):
+            self.skipped += 1
+            self.trailing += 1
+            return None
+        self.trailing = 0
+        return {k: v for k, v in out.items() if k != "skipped"}
+
+    def metrics(self) -> dict[str, float]:
+        return {"updates": float(self.updates), "skipped_updates": float(self.skipped),
+                "trailing_skipped_updates": float(self.trailing)}
+
+
+def is_finite(loss: "torch.Tensor") -> bool:
+    """Whether a (scalar) loss is finite; a non-finite one is never backpropagated."""
+    import torch
+
+    return bool(torch.isfinite(loss.detach()).all())
+
+
 def optimize(backend: Any, batch: "PackedBatch", loss_fn: LossFn, options: PolicyGradientOptions) -> dict[str, float]:
     """``epochs`` passes of ``minibatches`` optimizer steps over ``batch``.
 
@@ -89,8 +130,12 @@ def optimize(backend: Any, batch: "PackedBatch", loss_fn: LossFn, options: Polic
         loss_fn: ``(backend, micro_batch, norm_tokens) -> (loss, stats)``; stats are
             detached scalars, averaged over the update like the loss.
 
+    A minibatch whose loss or gradient norm is NaN/inf is skipped (:class:`UpdateTally`): no
+    optimizer step, and its stats are left out of the averages.
+
     Returns:
-        The stats and the backend's ``optimizer_step`` metrics, averaged over optimizer steps.
+        The stats and the backend's ``optimizer_step`` metrics, averaged over the optimizer
+        steps taken, plus the :class:`UpdateTally` counts.
     """
     import torch
 
@@ -99,6 +144,7 @@ def optimize(backend: Any, batch: "PackedBatch", loss_fn: LossFn, options: Polic
     divisor = norm_tokens(batch, options)
     totals: dict[str, float] = {}
     count = 0
+    tally = UpdateTally()
     backend.train_mode(True)
     for _epoch in range(options.epochs):
         order = distributed.broadcast_object(torch.randperm(batch.num_sequences).tolist()) if options.shuffle else list(range(batch.num_sequences))
@@ -107,20 +153,28 @@ def optimize(backend: Any, batch: "PackedBatch", loss_fn: LossFn, options: Polic
             if not rows:
                 continue
             mb_tokens = sum(policy_lengths[r] for r in rows)
+            mb_totals: dict[str, float] = {}
+            finite = True
             # This rank's micro-batches (all of them on one process); scale: see distributed.micro_batches.
             for micro_rows, scale in distributed.micro_batches(rows, [lengths[r] for r in rows], options.micro_batch_tokens):
                 micro = batch.select([rows[i] for i in micro_rows])
                 loss, stats = loss_fn(backend, micro, divisor)
+                if not is_finite(loss):
+                    finite = False
+                    continue
                 share = microbatch_share(options.loss_aggregation, micro.num_sequences, micro.num_policy_tokens,
                                          len(rows), mb_tokens)
                 (loss * share * scale).backward()
                 for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + float(value) * share * scale
-            for key, value in backend.optimizer_step(options.max_grad_norm).items():
+                    mb_totals[key] = mb_totals.get(key, 0.0) + float(value) * share * scale
+            stepped = tally.step(backend, options.max_grad_norm, finite_loss=finite)
+            if stepped is None:
+                continue
+            for key, value in [*mb_totals.items(), *stepped.items()]:
                 totals[key] = totals.get(key, 0.0) + value
             count += 1
     totals = distributed.mean_over_ranks(totals)  # the stats are per-rank shares
-    return {key: value / max(1, count) for key, value in totals.items()}
+    return {**{key: value / max(1, count) for key, value in totals.items()}, **tally.metrics()}
 
 
 def per_token_no_grad(batch: "PackedBatch", fn: Callable[["PackedBatch"], "torch.Tensor"],

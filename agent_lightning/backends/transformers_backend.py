@@ -374,23 +374,32 @@ class TransformersBackend:
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
-    def optimizer_step(self, max_grad_norm: float) -> dict[str, float]:
+    def optimizer_step(self, max_grad_norm: float, *, skip: bool = False) -> dict[str, float]:
         """Clip (each param group on its own), step, schedule, zero; returns ``grad_norm`` and
-        ``lr`` of the policy, and ``grad_norm_<name>`` of each extra group."""
+        ``lr`` of the policy, and ``grad_norm_<name>`` of each extra group.
+
+        With ``skip`` (a non-finite loss somewhere), or when a gradient norm is NaN/inf, the
+        gradients are dropped and nothing else changes (no optimizer or schedule step, same
+        ``version``); the result then holds ``skipped: 1.0``.
+        """
         import torch
 
-        limit = max_grad_norm if max_grad_norm > 0 else float("inf")
         groups = self.optimizer.param_groups
+        lr = groups[0]["lr"]
+        if skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"grad_norm": float("nan"), "lr": float(lr), "skipped": 1.0}
+        limit = max_grad_norm if max_grad_norm > 0 else float("inf")
         distributed.average_gradients([p for g in groups for p in g["params"]])  # across ranks (torchrun)
         norms = [distributed.clip_grad_norm_(g["params"], limit) for g in groups]  # torch's, FSDP-aware
-        lr = groups[0]["lr"]
-        if all(torch.isfinite(n) for n in norms):
+        finite = all(torch.isfinite(n) for n in norms)
+        if finite:
             self.optimizer.step()
-        self.scheduler.step()
+            self.scheduler.step()
+            self.version += 1
         self.optimizer.zero_grad(set_to_none=True)
-        self.version += 1
         extra = {f"grad_norm_{g.get('name', i)}": float(n) for i, (g, n) in enumerate(zip(groups, norms)) if i}
-        return {"grad_norm": float(norms[0]), "lr": float(lr), **extra}
+        return {"grad_norm": float(norms[0]), "lr": float(lr), **extra, **({} if finite else {"skipped": 1.0})}
 
     def train_mode(self, training: bool) -> None:
         self.model.train(training)
@@ -433,9 +442,9 @@ class TransformersBackend:
         if self.is_lora:
             from peft import set_peft_model_state_dict
 
-            set_peft_model_state_dict(self.model, load_file(str(path / ADAPTER_FILE)))
+            set_peft_model_state_dict(self.model, require_finite(load_file(str(path / ADAPTER_FILE)), path / ADAPTER_FILE))
         else:
-            tensors = load_file(str(path / WEIGHTS_FILE))
+            tensors = require_finite(load_file(str(path / WEIGHTS_FILE)), path / WEIGHTS_FILE)
             missing, unexpected = self.model.load_state_dict(tensors, strict=False)
             missing = [k for k in missing if not _is_tied(self.model, k)]
             if missing or unexpected:
@@ -451,6 +460,19 @@ class TransformersBackend:
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.trainable_parameters())
         return {"model/parameters": total, "model/trainable_parameters": trainable, "model/device": str(self.device)}
+
+
+def require_finite(tensors: dict[str, Any], source: Path) -> dict[str, Any]:
+    """``tensors`` unchanged, or a ``CheckpointError`` naming ``source`` and the first
+    floating-point tensor that holds NaN or inf."""
+    import torch
+
+    from agent_lightning.checkpoint import CheckpointError
+
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{source}: weight '{name}' holds non-finite values (NaN/inf)")
+    return tensors
 
 
 MIN_SHARED_PREFIX = 16

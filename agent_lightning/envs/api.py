@@ -247,7 +247,9 @@ class ApiEnv:
         conn = http.client.HTTPConnection("127.0.0.1", self._server.port, timeout=self.request_timeout_s)
         info["http_requests"] = 1
         try:
-            conn.request(method, quote(path, safe="/?&=%:,+-_.~@!$'()*;"), body=payload, headers=headers)
+            # errors="replace": a lone surrogate in the path cannot be UTF-8 encoded and must not raise
+            target = quote(path, safe="/?&=%:,+-_.~@!$'()*;", errors="replace")
+            conn.request(method, target, body=payload, headers=headers)
             response = conn.getresponse()
             status, reason, data = response.status, response.reason, response.read()
         except (OSError, http.client.HTTPException) as exc:

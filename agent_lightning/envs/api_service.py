@@ -207,7 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "request body must be a JSON object (it is empty)")
         try:
             return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # ValueError also covers ints over 4300 digits, RecursionError deep nesting: both dropped the connection
+        except (ValueError, RecursionError) as exc:
             raise ApiError(400, f"invalid JSON: {exc}") from None
 
     def _route(self, method: str) -> tuple[int, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.types import Observation, StepResult, Task, check_split
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_LANG = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")
 
 SYSTEM_PROMPT = ("You write correct, self-contained Python 3 functions using only the standard library. "
                  "Reply with the complete function in one ```python code block. If tests fail you will "
@@ -36,16 +36,36 @@ def problems() -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(text)["problems"])
 
 
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """``(language, body)`` of each fenced block. Three backticks with a newline later in the text
+    open a block (the language is the word right after them; the body starts on the next line);
+    the next three backticks, or the end of the text, close it."""
+    # a scan, not re.findall(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S), which it
+    # matches exactly: the regex rescanned the rest of the line from every fence (minutes on 1 MB of "```")
+    blocks, pos = [], 0
+    while (start := text.find("```", pos)) >= 0:
+        eol = text.find("\n", start + 3)
+        if eol < 0:  # no newline after this fence, so none after any later one either
+            break
+        lang = _LANG.match(text, start + 3).group(1)
+        close = text.find("```", eol + 1)
+        end = len(text) if close < 0 else close
+        blocks.append((lang, text[eol + 1:end]))
+        pos = len(text) if close < 0 else close + 3
+    return blocks
+
+
 def extract_code(action: str, entry_point: str) -> str | None:
     """The code to run: the last fenced block defining ``entry_point``, else the last fenced
     block, else the whole reply when it defines ``entry_point``; ``None`` when there is none."""
-    blocks = [body for lang, body in _FENCE.findall(action) if lang.lower() in ("", "python", "py", "python3")]
+    blocks = [body for lang, body in _fenced_blocks(action) if lang.lower() in ("", "python", "py", "python3")]
     defining = [b for b in blocks if re.search(rf"\bdef\s+{re.escape(entry_point)}\s*\(", b)]
     if defining:
         return defining[-1]
     if blocks:
         return blocks[-1]
-    if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", action, re.M):
+    # [^\S\n]* not \s*: \s* ran across every following line from each line start (quadratic on blank lines)
+    if re.search(rf"^[^\S\n]*def\s+{re.escape(entry_point)}\s*\(", action, re.M):
         return action
     return None
 
@@ -108,7 +128,9 @@ class CodeEnv:
         out_of_attempts = self._attempt >= self.max_attempts
         info: dict[str, Any] = {"tests_passed": 0, "tests_total": len(cases), "tests_fraction": 0.0,
                                 "format_errors": 0, "sandbox_timeouts": 0}
-        code = extract_code(action if isinstance(action, str) else str(action), ref["entry_point"])
+        action = action if isinstance(action, str) else str(action)
+        # lone surrogates cannot be UTF-8 encoded: writing the solution into the sandbox raised
+        code = extract_code(action.encode("utf-8", "replace").decode("utf-8"), ref["entry_point"])
         if code is None:
             info["format_errors"] = 1
             if out_of_attempts:

@@ -63,8 +63,7 @@ class GuessNumberEnv:
         if self._secret is None:
             raise RuntimeError("guess-number: step() called before reset()")
         self._turn += 1
-        match = _INTEGER.search(action)
-        guess = int(match.group()) if match else None
+        guess = self._read_guess(action)
         valid = guess is not None and 1 <= guess <= self.max_number
         if valid and guess == self._secret:
             return StepResult(None, reward=1.0, done=True, info={"success": True, "invalid": 0.0, "wasted": 0.0})
@@ -79,6 +78,18 @@ class GuessNumberEnv:
         info = {"success": False, "invalid": 0.0 if valid else 1.0, "wasted": float(wasted)}
         reward = -self.wasted_guess_penalty if wasted else 0.0
         return StepResult(None if out_of_turns else Observation.user(text), reward=reward, done=out_of_turns, info=info)
+
+    def _read_guess(self, action: str) -> int | None:
+        """The first integer in ``action``; ``None`` when there is none, or when it has more
+        digits than ``max_number`` (out of range anyway: an invalid guess like any other)."""
+        match = _INTEGER.search(action)
+        if match is None:
+            return None
+        digits = match.group().lstrip("-").lstrip("0") or "0"
+        # int() refuses strings over sys.get_int_max_str_digits() (4300) digits: never convert huge ones
+        if len(digits) > len(str(self.max_number)):
+            return None
+        return -int(digits) if match.group().startswith("-") else int(digits)
 
     def close(self) -> None:
         self._secret = None

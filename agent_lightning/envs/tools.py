@@ -40,7 +40,9 @@ _JSON_TYPES: dict[str, Callable[[Any], bool]] = {
     "array": lambda v: isinstance(v, list),
     "string": lambda v: isinstance(v, str),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    # an int is always finite (math.isfinite raises OverflowError on one beyond the float range)
+    "number": lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)
+                         and (isinstance(v, int) or math.isfinite(v))),
     "boolean": lambda v: isinstance(v, bool),
     "null": lambda v: v is None,
 }

@@ -144,6 +144,7 @@ class _Renderer(HTMLParser):
             self.parts.append("\n")
 
     def handle_data(self, data: str) -> None:
+        data = data.replace("\x00", "\ufffd")  # NUL marks field slots (_FIELD): echoed "\x0099\x00" made render raise
         if self._in_title:
             self.title += data
         elif self._capture is not None:
@@ -277,7 +278,8 @@ class WebEnv:
             if el.kind != "field":
                 info["invalid_actions"] = 1
                 return f"[{parsed[1]}] is a {el.kind}, not a text field."
-            el.value = parsed[2]
+            # lone surrogates cannot be UTF-8 encoded: urlencode raised when the form was submitted
+            el.value = parsed[2].encode("utf-8", "replace").decode("utf-8")
             return f"Typed into [{parsed[1]}]."
         if el.kind == "link":
             return self._navigate("GET", urljoin(page.url, el.href), None, info)

@@ -237,7 +237,8 @@ class TableBackend:
     def train_mode(self, training):
         pass
 
-    def optimizer_step(self, max_grad_norm):
+    def optimizer_step(self, max_grad_norm, *, skip=False):
+        assert not skip
         self.grads.append(self.theta.grad.clone())
         self.theta.grad = None
         return {}

@@ -39,7 +39,7 @@ def test_checkpoint_files_hold_no_pickle(tiny_config, tmp_path):
     Trainer(tiny_config(trainer={"steps": 1, "eval_episodes": 4}), tmp_path / "run").run()
     folder = tmp_path / "run" / "checkpoints" / "step-1"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["backend.json", "backend.safetensors", "model.safetensors", "trainer.json",
+    assert names == ["backend.json", "backend.safetensors", "manifest.json", "model.safetensors", "trainer.json",
                      "trainer_state.json", "trainer_state.safetensors"]
     from safetensors import safe_open
 

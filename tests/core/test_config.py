@@ -1,4 +1,4 @@
-"""Config loading, overrides and one-line errors (checked through the real CLI)."""
+"""Config loading, overrides and errors that list every problem (checked through the real CLI)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from agent_lightning.config import ConfigError, apply_overrides, load_config, read_yaml, validate
+from agent_lightning.config import ConfigError, apply_overrides, load_config, parse_options, read_yaml, validate
 
 
 def test_quickstart_preset_loads_and_overrides_parse_as_yaml():
@@ -40,10 +40,10 @@ def test_override_creates_nested_sections_and_rejects_bad_forms():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("trainer.stepz=3", "unknown key 'trainer.stepz' (allowed: batch_size, checkpoint_every, distributed, eval_episodes, eval_every, executor, keep_checkpoints, log_trajectories, max_failure_rate, output_dir, replay, seed, step_timeout_s, steps, time_limit_s); did you mean 'steps'?"),
+        ("trainer.stepz=3", "unknown key 'trainer.stepz' (allowed: batch_size, checkpoint_errors, checkpoint_every, distributed, eval_episodes, eval_every, executor, keep_checkpoints, log_trajectories, max_failure_rate, max_skipped_updates, output_dir, replay, seed, step_timeout_s, steps, time_limit_s); did you mean 'steps'?"),
         ("trainer.steps=many", "invalid value 'many' for 'trainer.steps': Input should be a valid integer, unable to parse string as an integer"),
         ("sampling.top_p=1.5", "invalid value 1.5 for 'sampling.top_p': Input should be less than or equal to 1"),
-        ("backend.device=tpu", "invalid value 'tpu' for 'backend.device': Input should be 'auto', 'cpu' or 'cuda'"),
+        ("backend.device=tpu", "invalid value 'tpu' for 'backend.device': Input should be 'auto', 'cpu' or 'cuda'; did you mean 'cpu'?"),
         ("modle.preset=tiny", "unknown key 'modle' (allowed: algorithm, backend, environment, model, reward, sampling, trackers, trainer); did you mean 'model'?"),
     ],
 )
@@ -97,6 +97,91 @@ def test_cli_malformed_yaml_file(alightning, cli_env, tmp_path):
     bad.write_text("trainer:\n  steps: [1, 2\n")
     result = _cli(alightning, cli_env, tmp_path, str(bad))
     assert result.returncode == 2 and "malformed YAML" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_lists_every_problem_unknown_before_missing(alightning, cli_env, tmp_path):
+    config = tmp_path / "typo.yaml"
+    config.write_text("trainer: {stepz: 3}\n")
+    result = _cli(alightning, cli_env, tmp_path, str(config))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "error: 2 problems in the config:", result.stderr
+    unknown = next(i for i, line in enumerate(lines) if "unknown key 'trainer.stepz'" in line)
+    missing = next(i for i, line in enumerate(lines) if "missing key 'environment'" in line)
+    assert "did you mean 'steps'?" in lines[unknown]
+    assert unknown < missing and len(lines) == 3
+
+
+def _problems(data):
+    with pytest.raises(ConfigError) as err:
+        validate(data)
+    return str(err.value).splitlines()
+
+
+def test_validate_lists_unknown_then_invalid_then_missing_in_declaration_order():
+    lines = _problems({"trainer": {"steps": "many", "stepz": 3}, "sampling": {"top_p": 1.5},
+                       "backend": {"device": "cpuu"}, "modle": {"preset": "tiny"}})
+    assert lines[0] == "6 problems in the config:"
+    assert [line[:2] for line in lines[1:]] == ["  "] * 6
+    assert [line.strip() for line in lines[1:]] == [
+        "unknown key 'trainer.stepz' (allowed: batch_size, checkpoint_errors, checkpoint_every, distributed, "
+        "eval_episodes, eval_every, executor, keep_checkpoints, log_trajectories, max_failure_rate, "
+        "max_skipped_updates, output_dir, replay, seed, step_timeout_s, steps, time_limit_s); did you mean 'steps'?",
+        "unknown key 'modle' (allowed: algorithm, backend, environment, model, reward, sampling, trackers, trainer); "
+        "did you mean 'model'?",
+        "invalid value 'cpuu' for 'backend.device': Input should be 'auto', 'cpu' or 'cuda'; did you mean 'cpu'?",
+        "invalid value 1.5 for 'sampling.top_p': Input should be less than or equal to 1",
+        "invalid value 'many' for 'trainer.steps': Input should be a valid integer, unable to parse string as an integer",
+        "missing key 'environment' (a section with at least 'name:', e.g. environment: {name: guess-number})",
+    ]
+
+
+def test_validate_literal_value_suggests_the_closest_allowed_value():
+    with pytest.raises(ConfigError) as err:
+        validate({"environment": {"name": "guess-number"}, "trainer": {"distributed": {"strategy": "FSDP2"}}})
+    assert str(err.value) == ("invalid value 'FSDP2' for 'trainer.distributed.strategy': "
+                              "Input should be 'ddp' or 'fsdp'; did you mean 'fsdp'?")
+    lines = _problems({"environment": {"name": "guess-number"}, "model": {"dtype": "bfloat"},
+                       "trainer": {"executor": {"name": "rey"}}})
+    assert lines[1:] == [
+        "  invalid value 'bfloat' for 'model.dtype': Input should be 'float32', 'bfloat16', 'float16' or 'auto'; "
+        "did you mean 'bfloat16'?",
+        "  invalid value 'rey' for 'trainer.executor.name': Input should be 'inprocess' or 'ray'; did you mean 'ray'?",
+    ]
+
+
+def test_validate_missing_key_points_at_a_misspelt_key_beside_it():
+    lines = _problems({"enviroment": {"name": "guess-number"}, "trackers": [{"nme": "console"}]})
+    assert lines[0] == "3 problems in the config:"
+    assert lines[1].startswith("  unknown key 'enviroment' (allowed: ") and lines[1].endswith("did you mean 'environment'?")
+    assert lines[2] == ("  missing key 'environment' (a section with at least 'name:', e.g. environment: {name: guess-number}); "
+                        "did you mean 'environment' instead of the unknown 'enviroment'?")
+    assert lines[3] == ("  missing key 'trackers.0.name' (which tracker to use, e.g. name: console); "
+                        "did you mean 'name' instead of the unknown 'nme'?")
+
+
+def test_validate_reports_a_union_field_once():
+    lines = _problems({"environment": {"name": "guess-number"}, "model": {"lora": {"target_modules": 3, "r": 0}}})
+    assert lines[1:] == [
+        "  invalid value 0 for 'model.lora.r': Input should be greater than or equal to 1",
+        "  invalid value 3 for 'model.lora.target_modules': Input should be a valid list or a valid string",
+    ]
+
+
+def test_parse_options_lists_every_unknown_key_with_did_you_mean():
+    from agent_lightning.algorithms.grpo import GRPOConfig
+
+    with pytest.raises(ConfigError) as err:
+        parse_options(GRPOConfig, "algorithm", {"clip_lo": 0.1, "group_sise": 4, "lr": "fast"})
+    lines = str(err.value).splitlines()
+    assert lines[0] == "3 problems in 'algorithm':"
+    assert lines[1].startswith("  unknown key 'algorithm.clip_lo' (allowed: ") and lines[1].endswith("did you mean 'clip_low'?")
+    assert lines[2].startswith("  unknown key 'algorithm.group_sise' (allowed: ") and lines[2].endswith("did you mean 'group_size'?")
+    assert lines[3] == "  invalid value 'fast' for 'algorithm.lr': Input should be a valid number, unable to parse string as a number"
+    with pytest.raises(ConfigError) as one:
+        parse_options(GRPOConfig, "algorithm", {"group_size": "zero"})
+    assert str(one.value).startswith("invalid value 'zero' for 'algorithm.group_size': ") and "\n" not in str(one.value)
 
 
 def test_resolved_config_is_written_to_the_run_directory(tiny_config, tmp_path):

@@ -21,6 +21,7 @@ import types
 
 import pytest
 
+from agent_lightning import checkpoint as ckpt
 from agent_lightning.config import dump_yaml, validate
 from agent_lightning.envs.guess_number import GuessNumberEnv
 from agent_lightning.eval_stats import wilson_interval
@@ -149,6 +150,7 @@ def scripted_run(tmp_path, al_plugin_manager):
         folder.mkdir(parents=True)
         (folder / "policy.json").write_text(json.dumps({"skill": skill}))
         (folder / "trainer.json").write_text(json.dumps({"step": step}))
+        ckpt.write_manifest(folder, step)
     LOGGED.clear()
     return run_dir, al_plugin_manager(ScriptedPlugin(), env_rewards)
 
@@ -204,6 +206,8 @@ def test_one_checkpoint_merges_with_earlier_results_of_the_same_settings(scripte
     run_dir, pm = scripted_run
     evaluate_run(run_dir, samples=2, plugin_manager=pm, log_trackers=False)
     (run_dir / "checkpoints" / "step-5" / "policy.json").write_text(json.dumps({"skill": 0}))
+    (run_dir / "checkpoints" / "step-5" / ckpt.MANIFEST).unlink()
+    ckpt.write_manifest(run_dir / "checkpoints" / "step-5", 5)  # re-saved with other weights
     doc = evaluate_run(run_dir / "checkpoints" / "step-5", samples=2, plugin_manager=pm, log_trackers=False)
     by_step = {r["step"]: r for r in doc["checkpoints"]}
     assert sorted(by_step) == [0, 3, 5]

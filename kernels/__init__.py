@@ -1,5 +1,0 @@
-"""Triton kernels, installed as ``agent_lightning.kernels``.
-
-Every kernel here has a pure-torch reference in ``agent_lightning.ops``; callers go
-through ``agent_lightning.ops``, never through this package directly.
-"""
