@@ -60,7 +60,7 @@ class ModelConfig(_Strict):
     """Which causal LM to train.
 
     Exactly one of: ``preset`` (a built-in tiny random-init model, see
-    ``agent_lightning.backends.tiny``), ``name_or_path`` (Hub id or local directory), or
+    ``agent_lightning.backends.transformers.tiny``), ``name_or_path`` (Hub id or local directory), or
     ``gguf_file`` (a ``.gguf`` file, dequantised; ``name_or_path`` may name its directory).
     """
 
@@ -103,7 +103,7 @@ class SamplingConfig(_Strict):
 
 
 class ReplayConfig(_Strict):
-    """Off-policy reuse (``agent_lightning.replay``); off while ``capacity_steps`` is 0."""
+    """Off-policy reuse (``agent_lightning.loop.replay``); off while ``capacity_steps`` is 0."""
 
     capacity_steps: int = Field(0, ge=0, description="keep the groups of the last K steps; 0: no replay")
     replay_ratio: float = Field(0.5, ge=0.0, description="replayed groups per fresh group in a step's batch")
@@ -113,7 +113,7 @@ class ReplayConfig(_Strict):
 
 
 class ExecutorConfig(BaseModel):
-    """``trainer.executor``: where episodes are played (``agent_lightning.executors``); the
+    """``trainer.executor``: where episodes are played (``agent_lightning.scaling.executors``); the
     other keys are the executor's options (``ray``: workers, address, ...)."""
 
     model_config = ConfigDict(extra="allow")
@@ -126,7 +126,7 @@ class ExecutorConfig(BaseModel):
 
 class DistributedConfig(_Strict):
     """``trainer.distributed``: data parallelism when launched by ``torchrun``
-    (``agent_lightning.distributed``); ignored in a plain 1-process run."""
+    (``agent_lightning.scaling.distributed``); ignored in a plain 1-process run."""
 
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on CUDA, else gloo")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: a replica per rank; fsdp: FSDP2-sharded weights")

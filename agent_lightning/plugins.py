@@ -51,7 +51,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "agent_lightning.trackers.mlflow",
     "agent_lightning.trackers.wandb",
     "agent_lightning.trackers.tensorboard",
-    "agent_lightning.backends.transformers_backend",
+    "agent_lightning.backends.transformers.backend",
 )
 
 KINDS = {
@@ -230,6 +230,24 @@ def build_plugin_manager(
             except Exception as exc:
                 fail(source, entry_point, f"{hook_name} raised {type(exc).__name__}: {exc}")
     return manager
+
+
+def create_component(pm: PluginManager, kind: str, section: str, name: str, *args: Any, **options: Any) -> Any:
+    """Build the component ``name`` of ``kind`` (``environment``, ``reward``, ``algorithm``,
+    ``tracker``, ``backend``) from the registry with ``options``; an unknown name or a bad
+    option becomes a one-line ``ConfigError`` naming the config ``section``."""
+    from agent_lightning.config import ConfigError
+    from agent_lightning.registry import RegistryError
+
+    registry = pm.registries[kind]
+    if name not in registry:
+        raise ConfigError(f"{section}.name: {pm.unknown(kind, name)}")
+    try:
+        return registry.create(name, *args, **options)
+    except (RegistryError, ValueError, TypeError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc).replace(f"'{kind}.", f"'{section}.")) from None
 
 
 @functools.lru_cache(maxsize=1)

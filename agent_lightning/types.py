@@ -8,7 +8,10 @@ Values that cross component boundaries are frozen dataclasses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, TypedDict, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypedDict, Union, runtime_checkable
+
+if TYPE_CHECKING:
+    from agent_lightning.loop.batch import PackedBatch
 
 
 class Message(TypedDict, total=False):
@@ -217,19 +220,6 @@ that fails that episode, per trajectory, in order), which the scorer then calls 
 of a step's healthy episodes (batched models, concurrent requests)."""
 
 
-@runtime_checkable
-class Tracker(Protocol):
-    """Receives the run's config, metrics and artifacts. Only rank 0 logs."""
-
-    def log_config(self, config: Mapping[str, Any]) -> None: ...
-
-    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None: ...
-
-    def log_artifact(self, path: str, name: str | None = None) -> None: ...
-
-    def close(self) -> None: ...
-
-
 @dataclass(frozen=True)
 class Generation:
     """One sampled continuation.
@@ -247,32 +237,182 @@ class Generation:
 
 
 class Backend(Protocol):
-    """The policy: sampling, differentiable log-probs, optimizer steps, weights.
+    """The policy: tokens in and out, sampling, differentiable log-probs, optimizer steps, weights.
 
-    See ``agent_lightning.backends.transformers_backend`` for the reference implementation.
+    Everything the loop, the algorithms and the evaluation call on a backend is declared
+    here; a backend needs nothing else (``tests/core/test_backend_contract.py`` trains the
+    quickstart with a pure-torch backend written from this Protocol alone, and
+    ``agent_lightning.testing.check_backend`` checks one). The members under "optional" may
+    be absent: callers look them up with :func:`optional`. The reference implementation is
+    ``agent_lightning.backends.transformers.backend.TransformersBackend``.
+
+    Shapes: a ``PackedBatch`` (``agent_lightning.loop.batch``) holds ``T`` stream tokens of
+    ``B`` sequences, ``N`` of them policy tokens.
     """
 
-    def encode_prompt(self, messages: Sequence[Message]) -> list[int]: ...
+    version: int
+    """Optimizer steps taken so far (the policy version recorded on sampled episodes);
+    ``optimizer_step`` increments it, ``load`` restores it."""
 
-    def encode_observation(self, messages: Sequence[Message], *, after_stop: bool) -> list[int]: ...
+    vocab_size: int
+    """Size of the token id space: every id the backend produces or accepts is in ``[0, vocab_size)``."""
 
-    def decode(self, token_ids: Sequence[int]) -> str: ...
+    # ---------------------------------------------------------------- tokens
+
+    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+        """The prompt's token ids, ending where the assistant's reply starts (chat template applied)."""
+        ...
+
+    def encode_observation(self, messages: Sequence[Message], *, after_stop: bool) -> list[int]:
+        """Token ids appended after a reply: the end of the assistant turn, ``messages`` and the
+        start of the next assistant turn. ``after_stop``: the reply ended at a stop string,
+        so the turn is not closed yet."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The action text of sampled ids (what the environment sees; special tokens dropped)."""
+        ...
+
+    # ---------------------------------------------------------------- sampling
 
     def generate(self, prompts: Sequence[Sequence[int]], *, temperature: float, top_p: float,
-                 max_new_tokens: int, generator: Any = None, stop: Sequence[str] = ()) -> list[Generation]: ...
+                 max_new_tokens: int, generator: Any = None, stop: Sequence[str] = ()) -> list[Generation]:
+        """One continuation per prompt (token id lists), with the log-prob of every sampled
+        token under the temperature-scaled policy. ``generator``: a ``torch.Generator`` or a
+        list of one per prompt (per-episode noise); ``None``: the backend's own."""
+        ...
 
-    def save(self, directory: str) -> None: ...
+    # ---------------------------------------------------------------- training
 
-    def load(self, directory: str) -> None: ...
+    def token_logprobs(self, batch: "PackedBatch", *, temperature: float, with_entropy: bool = False,
+                       reference: bool = False) -> tuple[Any, Any]:
+        """Log-probs of the batch's policy tokens: ``(logprobs [N], entropy [N] | None)``,
+        float32, in stream order, differentiable unless ``reference`` (the frozen starting
+        policy, no gradient). ``entropy`` only with ``with_entropy``."""
+        ...
+
+    def configure_optimizer(self, *, lr: float, weight_decay: float, betas: tuple[float, float], warmup_steps: int,
+                            total_steps: int, schedule: str, extra_param_groups: tuple[dict[str, Any], ...] = ()) -> None:
+        """Create the optimizer (AdamW) and its schedule (``constant``, ``linear`` or
+        ``cosine`` after ``warmup_steps``); ``extra_param_groups`` (a value head) are stepped,
+        clipped and checkpointed with the policy."""
+        ...
+
+    def optimizer_step(self, max_grad_norm: float, *, skip: bool = False) -> dict[str, float]:
+        """Clip the accumulated gradients to ``max_grad_norm`` (0: no clipping), step, zero
+        them; returns at least ``grad_norm`` and ``lr``. With ``skip`` (a non-finite loss
+        somewhere), or a non-finite gradient norm, drop the gradients and change nothing
+        else, returning ``skipped: 1.0``. Under torchrun it averages gradients over ranks."""
+        ...
+
+    def train_mode(self, training: bool) -> None:
+        """Dropout and similar layers on (training) or off (sampling, no-grad passes)."""
+        ...
+
+    # ---------------------------------------------------------------- weights and state
+
+    def save(self, directory: str) -> None:
+        """Write weights, optimizer, schedule, sampler state and ``version`` into ``directory``
+        (safetensors and JSON: no pickle)."""
+        ...
+
+    def load(self, directory: str) -> None:
+        """Restore what ``save`` wrote; weights holding NaN/inf raise
+        ``agent_lightning.loop.checkpoint.CheckpointError`` naming the file."""
+        ...
+
+    def describe(self) -> Mapping[str, Any]:
+        """``model/parameters``, ``model/trainable_parameters`` (ints) and ``model/device`` (str)."""
+        ...
+
+    # ---------------------------------------------------------------- optional (see OPTIONAL)
+    # ``render(token_ids) -> str``: ids as text with special tokens (trajectory files; else ``decode``).
+    # ``reference_model()``: take the frozen reference now (algorithms with a KL term call it
+    #     at setup, so that a resume does not snapshot trained weights).
+    # ``correct_sampler_mismatch(batch, *, temperature) -> (batch, metrics)``: a backend whose
+    #     sampler is another engine (vLLM) re-weights the batch (truncated importance sampling).
+    # ``weights_state_dict()``: the trainable weights, for Ray rollout workers.
+    # ``model`` / ``tokenizer``: the Hugging Face objects of transformers-style backends (whose
+    #     ``token_logprobs`` also takes ``with_hidden=True``), which PPO's value head, offline
+    #     DPO's preference tokenization and FSDP sharding need; they say so when it is missing.
 
 
 class Algorithm(Protocol):
     """Turns scored trajectories into policy updates.
 
-    ``prepare`` computes advantages (through ``agent_lightning.ops``) and returns an
-    algorithm-specific batch; ``update`` runs the optimisation on it and returns metrics.
+    The trainer calls ``setup`` once (after the backend exists; create the optimizer
+    there), then every step ``prepare`` (the training batch from the scored episodes; may
+    return ``None`` when nothing is trainable) and ``update`` (advantages — in ``prepare``
+    when they need only rewards, else first thing here, through ``agent_lightning.ops`` —
+    then the optimisation, ``algorithms.training.optimize`` for the built-ins). ``state_dict`` /
+    ``load_state_dict`` carry the algorithm's own state (a value head's running stats...)
+    through checkpoints: plain data and tensors only.
     """
+
+    group_size: int
+    """Episodes played per task in a step (GRPO's group; 1 for algorithms without groups)."""
+
+    def setup(self, backend: Backend, *, total_steps: int, temperature: float) -> None: ...
 
     def prepare(self, trajectories: Sequence[Trajectory]) -> Any: ...
 
-    def update(self, backend: Backend, batch: Any) -> Mapping[str, float]: ...
+    def update(self, backend: Backend, batch: Any) -> Mapping[str, float]:
+        """Optimise on ``prepare``'s batch; metrics are logged as ``train/<key>``. The keys
+        ``updates``, ``skipped_updates`` and ``trailing_skipped_updates`` (optimizer updates
+        done, skipped for a non-finite loss, and skipped in a row at the end) feed the
+        trainer's ``trainer.max_skipped_updates`` guard."""
+        ...
+
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+    # Optional (see OPTIONAL):
+    # ``uses_rollouts`` (bool, default True): False for offline algorithms, which then train
+    #     through ``offline_step(backend) -> metrics`` instead of rollouts.
+    # ``held_out_metrics(backend) -> metrics``: the algorithm's own held-out metrics, logged as
+    #     ``eval/<key>`` at every evaluation (offline DPO's preference accuracy).
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Receives the run's config, metrics and artifacts. Only rank 0 logs.
+
+    A tracker that raises is disabled for the rest of the run with a warning naming it.
+    """
+
+    def log_config(self, config: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    def log_artifact(self, path: str, name: str | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    # Optional (see OPTIONAL):
+    # ``resume(step)``: the run continues from the checkpoint at ``step`` (before ``log_config``).
+    # ``log_trajectories(step, records)``: the step's sampled trajectories, as written to
+    #     ``trajectories/step-N.jsonl``.
+    # ``log_checkpoint(step, path)``: a checkpoint folder was published.
+    # ``display_only`` (bool, default False): True for trackers that only print (``console``);
+    #     results computed after the run (``alightning eval``) are not sent to them.
+
+
+OPTIONAL: dict[type, tuple[str, ...]] = {
+    Backend: ("render", "reference_model", "correct_sampler_mismatch", "weights_state_dict", "model", "tokenizer"),
+    Algorithm: ("uses_rollouts", "offline_step", "held_out_metrics"),
+    Tracker: ("resume", "log_trajectories", "log_checkpoint", "display_only"),
+}
+"""The members of each component Protocol that a component may leave out (described in
+comments at the end of each Protocol); everything else in a Protocol is required."""
+
+
+def optional(component: Any, protocol: type, name: str, default: Any = None) -> Any:
+    """The optional member ``name`` of ``component``, or ``default`` when it has none.
+
+    ``name`` must be declared optional for ``protocol`` in :data:`OPTIONAL`: the core looks
+    up only what the contract declares.
+    """
+    if name not in OPTIONAL.get(protocol, ()):
+        raise AttributeError(f"'{name}' is not an optional member of {protocol.__name__} (types.py)")
+    return getattr(component, name, default)

@@ -3,7 +3,7 @@
 Three sections, each printed as a side-by-side table (and all of them with ``--json``):
 
 1. **Training step**, padded vs packed: forward + backward through the decoder
-   (``agent_lightning.modeling``) and a next-token log-prob loss, for the quickstart model
+   (``agent_lightning.backends.transformers.modeling``) and a next-token log-prob loss, for the quickstart model
    (tiny Llama) and a 135M-class config (SmolLM2-135M shape; ``--layers`` cuts its depth for
    a quicker run). Batch 32, lengths uniform in [16, 512], seeded. The padded step runs the
    model's own SDPA attention on ``[B, Tmax]`` with an attention mask and applies the loss to
@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from agent_lightning import modeling
+from agent_lightning.backends.transformers import modeling
 from agent_lightning.ops import packing
 
 MODELS = {

@@ -103,8 +103,8 @@ def cpu_benchmark(args) -> list[dict]:
 
     from agent_lightning.config import SamplingConfig
     from agent_lightning.envs.code import CodeEnv
-    from agent_lightning.executors.inprocess import InProcessExecutor
-    from agent_lightning.rollout import EnvPool
+    from agent_lightning.loop.rollout import EnvPool
+    from agent_lightning.scaling.executors.inprocess import InProcessExecutor
 
     sampling = SamplingConfig(max_new_tokens=4096, max_turns=3, max_context_tokens=65536)
     jobs = _jobs(args.episodes)
@@ -122,7 +122,7 @@ def cpu_benchmark(args) -> list[dict]:
     except ImportError:
         print("ray: skipped (not installed; pip install 'agent-lightning[ray]')")
         return results
-    from agent_lightning.executors.ray_executor import RayExecutor, RayExecutorConfig
+    from agent_lightning.scaling.executors.ray_executor import RayExecutor, RayExecutorConfig
 
     ray.init(num_cpus=args.ray_cpus or os.cpu_count(), include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
@@ -149,7 +149,7 @@ def cpu_benchmark(args) -> list[dict]:
 
 
 def _save_tiny(args, folder: str) -> None:
-    from agent_lightning.backends.tiny import build_preset
+    from agent_lightning.backends.transformers.tiny import build_preset
 
     model, tokenizer = build_preset("tiny", {"architecture": "llama", "hidden_size": args.gpu_hidden,
                                              "num_layers": args.gpu_layers, "num_heads": args.gpu_heads}, 0)
@@ -165,7 +165,7 @@ def gpu_benchmark(args) -> list[dict]:
     if not torch.cuda.is_available():
         print("gpu: skipped (no CUDA device)")
         return []
-    from agent_lightning.backends.transformers_backend import TransformersBackend
+    from agent_lightning.backends.transformers.backend import TransformersBackend
     from agent_lightning.config import BackendConfig, ModelConfig
 
     results = []

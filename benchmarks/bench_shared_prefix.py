@@ -31,9 +31,9 @@ def main() -> None:
     args = parser.parse_args()
     repeats = args.repeats or 2
 
-    from agent_lightning.backends.transformers_backend import shared_prefix_length
+    from agent_lightning.backends.transformers.backend import shared_prefix_length
     from agent_lightning.config import load_config
-    from agent_lightning.trainer import Trainer
+    from agent_lightning.loop.trainer import Trainer
 
     overrides = [f"backend.device={args.device}"] + ([f"backend.threads={args.threads}"] if args.threads else [])
     with tempfile.TemporaryDirectory() as tmp:

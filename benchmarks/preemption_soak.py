@@ -51,7 +51,7 @@ def main() -> int:
     args = parser.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     rng = random.Random(args.seed)
-    from agent_lightning import checkpoint as ckpt
+    from agent_lightning.loop import checkpoint as ckpt
 
     with tempfile.TemporaryDirectory() as tmp:
         full_dir = Path(tmp) / "full"

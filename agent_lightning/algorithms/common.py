@@ -1,7 +1,7 @@
 """The math every policy-gradient algorithm shares, written once.
 
 Shapes: a packed batch has ``T`` stream tokens, ``B`` sequences and ``N`` policy tokens
-(``agent_lightning.batch.PackedBatch``); per-token tensors here are float32 ``[N]`` in
+(``agent_lightning.loop.batch.PackedBatch``); per-token tensors here are float32 ``[N]`` in
 stream order, per-sequence tensors ``[B]``.
 
 * **Per-token rewards** (:func:`token_rewards`): the final reward on a trajectory's last
@@ -35,7 +35,7 @@ from agent_lightning.types import Trajectory
 if TYPE_CHECKING:
     import torch
 
-    from agent_lightning.batch import PackedBatch
+    from agent_lightning.loop.batch import PackedBatch
 
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
@@ -164,7 +164,7 @@ def clipped_surrogate(logprobs: "torch.Tensor", old_logprobs: "torch.Tensor", ad
         ratio = exp(logp - logp_old)
         pg    = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) * w
 
-    ``w`` is ``is_weights`` (``batch.extras["is_weights"]``, set by ``agent_lightning.replay``
+    ``w`` is ``is_weights`` (``batch.extras["is_weights"]``, set by ``agent_lightning.loop.replay``
     for replayed tokens: truncated ``pi_old / pi_behaviour``), else 1.
 
     Returns:

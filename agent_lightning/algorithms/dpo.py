@@ -18,7 +18,7 @@ counts one half, so an untrained policy scores exactly 0.5) are reported.
 Where the pairs come from (``algorithm.pairs``):
 
 * ``offline`` (the default when ``algorithm.dataset`` is set): a preference JSONL (format in
-  ``agent_lightning.preferences``). No rollouts: each step takes ``batch_size`` pairs of a
+  ``agent_lightning.preferences.data``). No rollouts: each step takes ``batch_size`` pairs of a
   seeded shuffle of the training split; ``eval_fraction`` of the file (or ``eval_dataset``)
   is held out and evaluated as ``eval/pref_accuracy``, ``eval/pref_margin``,
   ``eval/pref_loss`` and ``eval/pref_logp_accuracy`` (the policy alone gives the chosen side
@@ -37,6 +37,12 @@ each step starts at ``h = 0`` and moves the winner up and the loser down from wh
 policy is now, and a large ``beta`` saturates the loss after a small move — a per-step trust
 region. (Against the initial reference, fresh samples stop being informative once the
 policy has moved away from it.)
+
+The pairs go through the update loop every algorithm shares (``training.optimize``):
+``epochs`` passes of ``minibatches`` optimizer steps, micro-batches of at most
+``micro_batch_tokens`` tokens (both sides of a pair together) whose losses weigh their share
+of the minibatch's pairs; under ``torchrun`` each rank takes its share of each minibatch's
+pairs and the gradients are averaged over ranks.
 """
 
 from __future__ import annotations
@@ -49,10 +55,10 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import Field
 
 from agent_lightning.algorithms import training
-from agent_lightning.algorithms.training import OptimizerOptions, UpdateTally, is_finite
+from agent_lightning.algorithms.training import OptimizerOptions
 from agent_lightning.config import ConfigError, parse_options
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Trajectory
+from agent_lightning.types import Backend, Trajectory, optional
 
 
 class DPOConfig(OptimizerOptions):
@@ -77,7 +83,6 @@ class DPOConfig(OptimizerOptions):
     max_length: int = Field(2048, ge=2, description="offline: pairs with a longer side are dropped")
     seed: int = Field(0, description="offline split and shuffling")
     lr: float = Field(1e-6, gt=0)
-    epochs: int = Field(1, ge=1, description="passes over each step's pairs")
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,12 @@ class PairBatch:
     def __len__(self) -> int:
         return len(self.chosen)
 
+    def select(self, rows: Sequence[int]) -> "PairBatch":
+        """The pairs ``rows``, in that order, with their reference sums."""
+        ref = None if self.ref is None else (self.ref[0][list(rows)], self.ref[1][list(rows)])
+        return PairBatch([self.chosen[i] for i in rows], [self.rejected[i] for i in rows],
+                         keys=[self.keys[i] for i in rows] if self.keys else None, ref=ref)
+
 
 class DPO:
     """Direct preference optimisation (sigmoid / IPO / hinge), offline or online."""
@@ -160,18 +171,23 @@ class DPO:
 
     # ------------------------------------------------------------------ setup and data
 
-    def setup(self, backend: Any, *, total_steps: int, temperature: float) -> None:
+    def setup(self, backend: Backend, *, total_steps: int, temperature: float) -> None:
         """Create the optimizer, freeze the reference now (before any update), and for offline
         DPO read, split and tokenise the preference data with the backend's chat template."""
         c = self.config
         training.configure_optimizer(backend, c, total_steps)
-        if not c.reference_free and c.reference == "initial" and hasattr(backend, "reference_model"):
-            backend.reference_model()
+        snapshot = optional(backend, Backend, "reference_model")
+        if not c.reference_free and c.reference == "initial" and snapshot is not None:
+            snapshot()
         if c.pairs == "offline":
-            self._load_data(backend.tokenizer)
+            tokenizer = optional(backend, Backend, "tokenizer")
+            if tokenizer is None:
+                raise ConfigError("algorithm: offline dpo tokenizes its preference file with the backend's "
+                                  f"chat template, and backend {type(backend).__name__} has no tokenizer")
+            self._load_data(tokenizer)
 
     def _load_data(self, tokenizer: Any) -> None:
-        from agent_lightning.preferences import ConversationEncoder, load_preferences, split_pairs
+        from agent_lightning.preferences.data import ConversationEncoder, load_preferences, split_pairs
 
         c = self.config
         try:
@@ -248,7 +264,7 @@ class DPO:
 
     # ------------------------------------------------------------------ losses
 
-    def _sequence_logps(self, backend: Any, batch: Any, *, reference: bool) -> Any:
+    def _sequence_logps(self, backend: Backend, batch: Any, *, reference: bool) -> Any:
         """Per-sequence sums of policy-token log-probs, float32 ``[B]``."""
         from agent_lightning import ops
 
@@ -257,7 +273,7 @@ class DPO:
 
     def _pack(self, pairs: PairBatch, rows: Sequence[int]) -> Any:
         """Chosen sides of ``rows`` then their rejected sides, packed: ``2 * len(rows)`` sequences."""
-        from agent_lightning.batch import pack_trajectories
+        from agent_lightning.loop.batch import pack_trajectories
 
         seqs = [pairs.chosen[i] for i in rows] + [pairs.rejected[i] for i in rows]
         return pack_trajectories(seqs, [[0.0] * t.num_policy_tokens for t in seqs])
@@ -268,7 +284,7 @@ class DPO:
         lengths = [len(pairs.chosen[i].token_ids) + len(pairs.rejected[i].token_ids) for i in rows]
         return [[rows[j] for j in part] for part in ops.partition_microbatches(lengths, self.config.micro_batch_tokens)]
 
-    def reference_logps(self, backend: Any, pairs: PairBatch) -> tuple[Any, Any]:
+    def reference_logps(self, backend: Backend, pairs: PairBatch) -> tuple[Any, Any]:
         """Reference log-prob sums ``(chosen [P], rejected [P])``: the frozen reference's, or
         with ``reference: rollout`` the current policy's (call before the step's first update);
         zeros when reference-free. Pairs with ``keys`` (offline data) are computed once and cached."""
@@ -292,14 +308,14 @@ class DPO:
             chosen[i], rejected[i] = c, r
         return chosen, rejected
 
-    def loss(self, backend: Any, pairs: PairBatch, rows: Sequence[int]) -> tuple[Any, dict[str, Any]]:
-        """Mean DPO loss over the pairs ``rows`` (one micro-batch) and detached diagnostics."""
+    def loss(self, backend: Backend, pairs: PairBatch) -> tuple[Any, dict[str, Any]]:
+        """Mean DPO loss over ``pairs`` (one micro-batch, its ``ref`` set) and detached diagnostics."""
         import torch
 
         c = self.config
-        sums = self._sequence_logps(backend, self._pack(pairs, rows), reference=False)
-        n = len(rows)
-        ref_c, ref_r = (t[list(rows)].to(sums.device) for t in pairs.ref)
+        n = len(pairs)
+        sums = self._sequence_logps(backend, self._pack(pairs, range(n)), reference=False)
+        ref_c, ref_r = (t.to(sums.device) for t in pairs.ref)
         out = dpo_loss(sums[:n], sums[n:], ref_c, ref_r, beta=c.beta, loss=c.loss, label_smoothing=c.label_smoothing)
         margins = out.chosen_rewards - out.rejected_rewards
         loss = out.losses.mean()
@@ -313,7 +329,7 @@ class DPO:
             "logps_rejected": sums[n:].detach().mean(),
         }
         if c.sft_coef:
-            tokens = torch.tensor([pairs.chosen[i].num_policy_tokens for i in rows], dtype=sums.dtype, device=sums.device)
+            tokens = torch.tensor([t.num_policy_tokens for t in pairs.chosen], dtype=sums.dtype, device=sums.device)
             nll = -(sums[:n] / tokens).mean()
             loss = loss + c.sft_coef * nll
             stats["sft_nll"] = nll.detach()
@@ -321,9 +337,10 @@ class DPO:
 
     # ------------------------------------------------------------------ updates
 
-    def update(self, backend: Any, pairs: PairBatch | None) -> dict[str, float]:
-        """``epochs`` passes of ``minibatches`` optimizer steps over the pairs."""
-        c = self.config
+    def update(self, backend: Backend, pairs: PairBatch | None) -> dict[str, float]:
+        """Reference log-probs, then ``epochs`` passes of ``minibatches`` optimizer steps over
+        the pairs (``training.optimize``; under ``torchrun`` each rank takes its share of each
+        minibatch's pairs). A micro-batch's loss weighs its share of its minibatch's pairs."""
         if pairs is None:
             return {}
         metrics: dict[str, float] = {"pairs": float(len(pairs))}
@@ -333,41 +350,16 @@ class DPO:
             return metrics
         backend.train_mode(False)
         pairs.ref = self.reference_logps(backend, pairs)
-        backend.train_mode(True)
-        totals: dict[str, float] = {}
-        count = 0
-        tally = UpdateTally()  # the non-finite guard: a NaN/inf loss or gradient norm skips the update
-        for _epoch in range(c.epochs):
-            for mb in range(c.minibatches):
-                rows = list(range(len(pairs)))[mb::c.minibatches]
-                if not rows:
-                    continue
-                mb_totals: dict[str, float] = {}
-                finite = True
-                for micro in self._micro_batches(pairs, rows):
-                    loss, stats = self.loss(backend, pairs, micro)
-                    if not is_finite(loss):
-                        finite = False
-                        continue
-                    share = len(micro) / len(rows)
-                    (loss * share).backward()
-                    for key, value in stats.items():
-                        mb_totals[key] = mb_totals.get(key, 0.0) + float(value) * share
-                stepped = tally.step(backend, c.max_grad_norm, finite_loss=finite)
-                if stepped is None:
-                    continue
-                for key, value in [*mb_totals.items(), *stepped.items()]:
-                    totals[key] = totals.get(key, 0.0) + value
-                count += 1
-        metrics.update({key: value / max(1, count) for key, value in totals.items()})
-        metrics.update(tally.metrics())
+        lengths = [len(c.token_ids) + len(r.token_ids) for c, r in zip(pairs.chosen, pairs.rejected)]
+        metrics.update(training.optimize(backend, self.config, lengths=lengths, select=pairs.select, loss_fn=self.loss,
+                                         share=lambda micro, rows: len(micro) / len(rows)))
         return metrics
 
-    def offline_step(self, backend: Any, step: int) -> dict[str, float]:
+    def offline_step(self, backend: Backend) -> dict[str, float]:
         """One offline step (no rollouts): the next ``batch_size`` pairs of the training split."""
         return self.update(backend, self._next_pairs())
 
-    def held_out_metrics(self, backend: Any) -> dict[str, float]:
+    def held_out_metrics(self, backend: Backend) -> dict[str, float]:
         """Held-out preference metrics (offline; the trainer logs them as ``eval/...``):
         accuracy, margin, loss and log-prob accuracy."""
         import torch

@@ -26,10 +26,9 @@ from pydantic import Field
 
 from agent_lightning.algorithms import common, training
 from agent_lightning.algorithms.training import PolicyGradientOptions
-from agent_lightning.batch import PackedBatch, pack_trajectories
-from agent_lightning.config import parse_options
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Trajectory
+from agent_lightning.loop.batch import PackedBatch, pack_trajectories
+from agent_lightning.types import Backend, Trajectory
 
 
 class GRPOConfig(PolicyGradientOptions):
@@ -49,65 +48,68 @@ class GRPO:
     description = "GRPO / Dr. GRPO with clipped ratios, optional KL to a frozen reference"
 
     def __init__(self, **options: Any):
-        self.config: GRPOConfig = parse_options(GRPOConfig, "algorithm", options)
+        self.pg = training.PolicyGradient(GRPOConfig, options)
+        self.config: GRPOConfig = self.pg.config
         self.group_size = self.config.group_size
-        self.temperature = 1.0
         self._kept_fraction: float | None = None
 
-    def setup(self, backend: Any, *, total_steps: int, temperature: float) -> None:
+    def setup(self, backend: Backend, *, total_steps: int, temperature: float) -> None:
         """Create the optimizer; remember the sampling temperature for log-prob recomputation."""
-        self.temperature = temperature
-        training.configure_optimizer(backend, self.config, total_steps)
+        self.pg.setup(backend, total_steps=total_steps, temperature=temperature)
 
     def prepare(self, trajectories: Sequence[Trajectory]) -> PackedBatch | None:
-        """Group advantages of the healthy trajectories, packed; ``None`` if none is healthy."""
-        import torch
-
+        """The healthy trajectories packed with their advantages (:meth:`advantages`: they
+        need only the rewards); ``None`` if none is healthy."""
         kept = common.healthy(trajectories)
         if not kept:
             return None
-        rewards = torch.tensor([t.final_reward for t in kept], dtype=torch.float32)
-        groups = torch.tensor([t.group for t in kept], dtype=torch.long)
-        advantages = common.group_baseline(rewards, groups, self.config.advantage, self.config.advantage_eps)
+        advantages = self.advantages(kept)
         if self.config.filter_groups:
-            kept, advantages = self._informative(kept, rewards, groups, advantages)
+            kept, advantages = self._informative(kept, advantages)
             if not kept:
                 return None
         per_token = [[float(a)] * t.num_policy_tokens for t, a in zip(kept, advantages)]
         return pack_trajectories(kept, per_token)
 
-    def _informative(self, kept: list[Trajectory], rewards: Any, groups: Any,
-                     advantages: Any) -> tuple[list[Trajectory], Any]:
+    def advantages(self, trajectories: Sequence[Trajectory]) -> Any:
+        """Each trajectory's final reward relative to its group (``grpo``: std-normalised,
+        ``drgrpo``: mean only), float32 ``[B]``; broadcast to its policy tokens by :meth:`prepare`."""
+        import torch
+
+        rewards = torch.tensor([t.final_reward for t in trajectories], dtype=torch.float32)
+        groups = torch.tensor([t.group for t in trajectories], dtype=torch.long)
+        return common.group_baseline(rewards, groups, self.config.advantage, self.config.advantage_eps)
+
+    def _informative(self, kept: list[Trajectory], advantages: Any) -> tuple[list[Trajectory], Any]:
         """The trajectories of groups whose rewards differ (DAPO's dynamic-sampling filter):
         an all-equal group has zero advantage everywhere, so without a KL or entropy term it
         adds nothing to the gradient. Records the kept fraction of groups for the metrics."""
         import torch
 
+        rewards = torch.tensor([t.final_reward for t in kept], dtype=torch.float32)
+        groups = torch.tensor([t.group for t in kept], dtype=torch.long)
         unique = torch.unique(groups)
         varied = {int(g) for g in unique if rewards[groups == g].max() - rewards[groups == g].min() > 0}
         self._kept_fraction = len(varied) / max(len(unique), 1)
         keep = [i for i, g in enumerate(groups.tolist()) if g in varied]
         return [kept[i] for i in keep], advantages[keep]
 
-    def loss(self, backend: Any, batch: PackedBatch, norm_tokens: int) -> tuple[Any, dict[str, Any]]:
+    def loss(self, backend: Backend, batch: PackedBatch, norm_tokens: int) -> tuple[Any, dict[str, Any]]:
         """The GRPO loss of one micro-batch and its (detached) diagnostics."""
-        logp, entropy = backend.token_logprobs(batch, temperature=self.temperature, with_entropy=True)
+        logp, entropy = backend.token_logprobs(batch, temperature=self.pg.temperature, with_entropy=True)
         ref = None
         if self.config.kl_coef > 0:
-            ref, _ = backend.token_logprobs(batch, temperature=self.temperature, reference=True)
+            ref, _ = backend.token_logprobs(batch, temperature=self.pg.temperature, reference=True)
         return common.policy_loss(logp, entropy, batch, norm_tokens, self.config, ref)
 
-    def update(self, backend: Any, batch: PackedBatch | None) -> dict[str, float]:
-        """``epochs`` passes of ``minibatches`` optimizer steps (``training.optimize``)."""
-        filtered = {} if self._kept_fraction is None else {"groups_kept_fraction": self._kept_fraction}
+    def update(self, backend: Backend, batch: PackedBatch | None) -> dict[str, float]:
+        """``epochs`` passes of ``minibatches`` optimizer steps (``training.optimize_sequences``)."""
+        info = {} if self._kept_fraction is None else {"groups_kept_fraction": self._kept_fraction}
         self._kept_fraction = None
         if batch is None or batch.num_policy_tokens == 0:
-            return filtered
-        metrics = training.optimize(backend, batch, self.loss, self.config)
-        metrics.update(filtered)
-        metrics["advantage_abs_mean"] = float(batch.advantages.abs().mean())
-        metrics["policy_tokens"] = float(batch.num_policy_tokens)
-        return metrics
+            return info
+        info["advantage_abs_mean"] = float(batch.advantages.abs().mean())
+        return self.pg.optimize(backend, batch, self.loss, info)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -39,10 +39,10 @@ from pydantic import Field
 
 from agent_lightning.algorithms import common, training
 from agent_lightning.algorithms.training import PolicyGradientOptions
-from agent_lightning.batch import PackedBatch, pack_trajectories
-from agent_lightning.config import parse_options
+from agent_lightning.config import ConfigError
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Trajectory
+from agent_lightning.loop.batch import PackedBatch, pack_trajectories
+from agent_lightning.types import Backend, Trajectory, optional
 
 
 class PPOConfig(PolicyGradientOptions):
@@ -70,24 +70,27 @@ class PPO:
     description = "PPO: value head or separate critic, GAE over masked multi-turn streams, KL in reward or loss"
 
     def __init__(self, **options: Any):
-        self.config: PPOConfig = parse_options(PPOConfig, "algorithm", options)
+        self.pg = training.PolicyGradient(PPOConfig, options)
+        self.config: PPOConfig = self.pg.config
         self.group_size = self.config.group_size
-        self.temperature = 1.0
         self.value_head: Any = None
         self.critic_model: Any = None
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self, backend: Any, *, total_steps: int, temperature: float) -> None:
+    def setup(self, backend: Backend, *, total_steps: int, temperature: float) -> None:
         """Build the value head (and critic), then the optimizer with them as extra groups."""
         import torch
 
-        from agent_lightning import modeling
+        from agent_lightning.backends.transformers import modeling
 
         c = self.config
-        self.temperature = temperature
-        hidden_size = modeling.lm_head(backend.model)[0].shape[1]
-        device = getattr(backend, "device", torch.device("cpu"))
+        model = optional(backend, Backend, "model")
+        if model is None:
+            raise ConfigError(f"algorithm: ppo's value head reads the policy's hidden states, which needs a "
+                              f"transformers-style backend (with .model); backend {type(backend).__name__} has none")
+        head_weight = modeling.lm_head(model)[0]
+        hidden_size, device = head_weight.shape[1], head_weight.device
         self.value_head = torch.nn.Linear(hidden_size, 1, dtype=torch.float32, device=device)
         # A zero head predicts V = 0 at first (the return is unknown); its gradient is not zero.
         torch.nn.init.zeros_(self.value_head.weight)
@@ -96,18 +99,18 @@ class PPO:
         if c.critic == "separate":
             import copy
 
-            self.critic_model = copy.deepcopy(backend.model)
+            self.critic_model = copy.deepcopy(model)
             params += [p for p in self.critic_model.parameters() if p.requires_grad]
         group = {"params": params, "name": "critic" if self.critic_model is not None else "value_head"}
         if c.critic_lr is not None:
             group["lr"] = c.critic_lr
-        training.configure_optimizer(backend, c, total_steps, extra_param_groups=(group,))
+        self.pg.setup(backend, total_steps=total_steps, temperature=temperature, extra_param_groups=(group,))
 
     # ------------------------------------------------------------------ rollouts -> batch
 
     def prepare(self, trajectories: Sequence[Trajectory]) -> PackedBatch | None:
         """Pack the healthy trajectories with their per-token rewards (``extras["token_rewards"]``);
-        advantages need the critic and come in :meth:`update`."""
+        the advantages need the critic: :meth:`update` computes them (:meth:`advantages`)."""
         import torch
 
         kept = common.healthy(trajectories)
@@ -118,10 +121,10 @@ class PPO:
         batch.extras["token_rewards"] = torch.tensor(rewards, dtype=torch.float32)
         return batch
 
-    def values(self, backend: Any, batch: PackedBatch, hidden: Any = None) -> Any:
+    def values(self, backend: Backend, batch: PackedBatch, hidden: Any = None) -> Any:
         """``V`` of each policy token's context: float32 ``[N]``. ``hidden`` (``[N, H]``, the
         policy's, from the same forward) saves a pass when the critic is the head."""
-        from agent_lightning import modeling
+        from agent_lightning.backends.transformers import modeling
 
         if self.critic_model is not None:
             device = self.value_head.weight.device
@@ -129,10 +132,10 @@ class PPO:
                                                   batch.position_ids.to(device), batch.cu_seqlens.to(device))
             hidden = states[batch.policy_index.to(device) - 1]
         elif hidden is None:
-            hidden = backend.token_logprobs(batch, temperature=self.temperature, with_hidden=True)[2]
+            hidden = backend.token_logprobs(batch, temperature=self.pg.temperature, with_hidden=True)[2]
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
-    def advantages(self, backend: Any, batch: PackedBatch) -> tuple[PackedBatch, dict[str, float]]:
+    def advantages(self, backend: Backend, batch: PackedBatch) -> tuple[PackedBatch, dict[str, float]]:
         """Rewards (with the KL penalty) and old values -> GAE advantages and returns.
 
         Returns the batch with ``advantages`` and ``extras`` ``values`` / ``returns`` (and
@@ -145,7 +148,7 @@ class PPO:
         rewards = extras["token_rewards"]
         info: dict[str, float] = {}
         if c.kl_coef > 0:
-            ref = training.reference_logprobs(backend, batch, self.temperature, c.micro_batch_tokens)
+            ref = self.pg.reference_logprobs(backend, batch)
             extras["ref_logprobs"] = ref
             if c.kl_mode == "reward":
                 rewards, k1 = common.kl_in_reward(rewards, batch.sampling_logprobs, ref.cpu(), c.kl_coef)
@@ -164,11 +167,11 @@ class PPO:
 
     # ------------------------------------------------------------------ loss and update
 
-    def loss(self, backend: Any, batch: PackedBatch, norm_tokens: int) -> tuple[Any, dict[str, Any]]:
+    def loss(self, backend: Backend, batch: PackedBatch, norm_tokens: int) -> tuple[Any, dict[str, Any]]:
         """Policy + value (+ entropy, KL) loss of one micro-batch, and detached diagnostics."""
         c = self.config
         head_only = self.critic_model is None
-        out = backend.token_logprobs(batch, temperature=self.temperature, with_entropy=True, with_hidden=head_only)
+        out = backend.token_logprobs(batch, temperature=self.pg.temperature, with_entropy=True, with_hidden=head_only)
         logp, entropy = out[0], out[1]
         ref = batch.extras["ref_logprobs"].to(logp.device) if c.kl_coef > 0 and c.kl_mode == "loss" else None
         loss, stats = common.policy_loss(logp, entropy, batch, norm_tokens, c, ref)
@@ -182,17 +185,14 @@ class PPO:
             stats["value_clip_fraction"] = ((values.detach() - old_values).abs() > c.value_clip).float().mean()
         return loss + c.value_coef * value_loss.to(loss.device), stats
 
-    def update(self, backend: Any, batch: PackedBatch | None) -> dict[str, float]:
+    def update(self, backend: Backend, batch: PackedBatch | None) -> dict[str, float]:
         """GAE advantages from the critic, then ``epochs`` x ``minibatches`` optimizer steps."""
         if batch is None or batch.num_policy_tokens == 0:
             return {}
         if self.critic_model is not None:
             self.critic_model.train(True)
         batch, info = self.advantages(backend, batch)
-        metrics = training.optimize(backend, batch, self.loss, self.config)
-        metrics.update(info)
-        metrics["policy_tokens"] = float(batch.num_policy_tokens)
-        return metrics
+        return self.pg.optimize(backend, batch, self.loss, info)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -18,15 +18,15 @@ clipped surrogate, aggregated, ``- entropy_coef * H``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field
 
 from agent_lightning.algorithms import common, training
 from agent_lightning.algorithms.training import PolicyGradientOptions
-from agent_lightning.batch import PackedBatch, pack_trajectories
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Trajectory
+from agent_lightning.loop.batch import PackedBatch, pack_trajectories
+from agent_lightning.types import Backend, Trajectory
 
 
 class ReinforcePPConfig(PolicyGradientOptions):
@@ -41,40 +41,56 @@ class ReinforcePPConfig(PolicyGradientOptions):
     step_rewards: bool = Field(False, description="also put each turn's environment reward on its last token")
 
 
-class ReinforcePP(training.CriticFreeAlgorithm):
+class ReinforcePP:
     """REINFORCE++ (global advantage normalisation, KL in the reward)."""
 
     description = "REINFORCE++: return-to-go, global batch whitening, KL in the reward, no critic"
-    config_cls = ReinforcePPConfig
-    config: ReinforcePPConfig
+
+    def __init__(self, **options: Any):
+        self.pg = training.PolicyGradient(ReinforcePPConfig, options)
+        self.config: ReinforcePPConfig = self.pg.config
+        self.group_size = self.config.group_size
+
+    def setup(self, backend: Backend, *, total_steps: int, temperature: float) -> None:
+        """Create the optimizer; remember the sampling temperature for log-prob recomputation."""
+        self.pg.setup(backend, total_steps=total_steps, temperature=temperature)
 
     def prepare(self, trajectories: Sequence[Trajectory]) -> PackedBatch | None:
-        """Pack the healthy trajectories with their per-token rewards (``extras["token_rewards"]``)."""
+        """Pack the healthy trajectories; what :meth:`advantages` needs rides along per token:
+        the final reward and group (``extras["final_reward"]``, ``extras["group"]``, repeated
+        over each sequence's tokens) and, with ``step_rewards``, each turn's environment reward
+        on its last token (``extras["turn_rewards"]``; zeros without). Rewards stay float64
+        until :meth:`advantages` has added the final reward (one rounding to float32)."""
         import torch
 
-        c = self.config
         kept = common.healthy(trajectories)
         if not kept:
             return None
-        finals: list[float | None] = [None] * len(kept)
-        if c.baseline == "group-mean":
-            rewards = torch.tensor([t.final_reward for t in kept], dtype=torch.float32)
-            groups = torch.tensor([t.group for t in kept], dtype=torch.long)
-            finals = common.group_baseline(rewards, groups, "drgrpo").tolist()
-        per_token = [r for t, final in zip(kept, finals)
-                     for r in common.token_rewards(t, step_rewards=c.step_rewards, final=final)]
         batch = pack_trajectories(kept, [[0.0] * t.num_policy_tokens for t in kept])
-        batch.extras["token_rewards"] = torch.tensor(per_token, dtype=torch.float32)
+        batch.extras["final_reward"] = torch.tensor(
+            [t.final_reward for t in kept for _ in range(t.num_policy_tokens)], dtype=torch.float64)
+        batch.extras["group"] = torch.tensor([t.group for t in kept for _ in range(t.num_policy_tokens)],
+                                             dtype=torch.long)
+        batch.extras["turn_rewards"] = torch.tensor(
+            [r for t in kept for r in common.token_rewards(t, step_rewards=self.config.step_rewards, final=0.0)],
+            dtype=torch.float64)
         return batch
 
-    def advantages(self, backend: Any, batch: PackedBatch) -> tuple[PackedBatch, dict[str, float]]:
-        """KL-penalised token rewards -> returns-to-go -> globally whitened advantages."""
+    def advantages(self, backend: Backend, batch: PackedBatch) -> tuple[PackedBatch, dict[str, float]]:
+        """Per-token rewards (final reward, baselined, on the last token; turn rewards; KL
+        penalty) -> returns-to-go -> globally whitened advantages."""
         c = self.config
         extras = dict(batch.extras)
-        rewards = extras["token_rewards"]
+        pcu = batch.policy_cu_seqlens
+        finals = common.first_token_values(extras["final_reward"], pcu)
+        if c.baseline == "group-mean":
+            groups = common.first_token_values(extras["group"], pcu)
+            finals = common.group_baseline(finals.float(), groups, "drgrpo").double()
+        rewards = extras["turn_rewards"].index_add(0, pcu[1:].long() - 1, finals).float()
+        extras["token_rewards"] = rewards
         info: dict[str, float] = {}
         if c.kl_coef > 0:
-            ref = training.reference_logprobs(backend, batch, self.temperature, c.micro_batch_tokens).cpu()
+            ref = self.pg.reference_logprobs(backend, batch).cpu()
             extras["ref_logprobs"] = ref
             if c.kl_mode == "reward":
                 rewards, k1 = common.kl_in_reward(rewards, batch.sampling_logprobs, ref, c.kl_coef)
@@ -84,6 +100,26 @@ class ReinforcePP(training.CriticFreeAlgorithm):
         info["returns_mean"] = float(returns.mean())
         info["advantage_abs_mean"] = float(adv.abs().mean())
         return dataclasses.replace(batch, advantages=adv, extras=extras), info
+
+    def loss(self, backend: Backend, batch: PackedBatch, norm_tokens: int) -> tuple[Any, dict[str, Any]]:
+        """The clipped surrogate of one micro-batch (KL to the reference in the loss with
+        ``kl_mode: loss``) and its detached diagnostics."""
+        c = self.config
+        ref = batch.extras["ref_logprobs"] if c.kl_coef > 0 and c.kl_mode == "loss" else None
+        return self.pg.loss(backend, batch, norm_tokens, ref)
+
+    def update(self, backend: Backend, batch: PackedBatch | None) -> dict[str, float]:
+        """Return-to-go advantages, then ``epochs`` x ``minibatches`` optimizer steps."""
+        if batch is None or batch.num_policy_tokens == 0:
+            return {}
+        batch, info = self.advantages(backend, batch)
+        return self.pg.optimize(backend, batch, self.loss, info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
 
 
 @hookimpl

@@ -17,15 +17,15 @@ REINFORCE gradient ``-A * grad log pi``), aggregated, ``- entropy_coef * H``, an
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field
 
 from agent_lightning.algorithms import common, training
 from agent_lightning.algorithms.training import PolicyGradientOptions
-from agent_lightning.batch import PackedBatch, pack_trajectories
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Trajectory
+from agent_lightning.loop.batch import PackedBatch, pack_trajectories
+from agent_lightning.types import Backend, Trajectory
 
 
 class RLOOConfig(PolicyGradientOptions):
@@ -36,16 +36,23 @@ class RLOOConfig(PolicyGradientOptions):
     kl_mode: Literal["reward", "loss"] = "reward"
 
 
-class RLOO(training.CriticFreeAlgorithm):
+class RLOO:
     """REINFORCE leave-one-out."""
 
     description = "RLOO: REINFORCE with a leave-one-out group baseline, no critic"
-    config_cls = RLOOConfig
-    config: RLOOConfig
+
+    def __init__(self, **options: Any):
+        self.pg = training.PolicyGradient(RLOOConfig, options)
+        self.config: RLOOConfig = self.pg.config
+        self.group_size = self.config.group_size
+
+    def setup(self, backend: Backend, *, total_steps: int, temperature: float) -> None:
+        """Create the optimizer; remember the sampling temperature for log-prob recomputation."""
+        self.pg.setup(backend, total_steps=total_steps, temperature=temperature)
 
     def prepare(self, trajectories: Sequence[Trajectory]) -> PackedBatch | None:
         """Pack the healthy trajectories; their final reward and group ride along per token
-        (``extras["sequence_reward"]``, ``extras["group"]``) until :meth:`update` scores them."""
+        (``extras["sequence_reward"]``, ``extras["group"]``) until :meth:`advantages` scores them."""
         import torch
 
         kept = common.healthy(trajectories)
@@ -58,7 +65,7 @@ class RLOO(training.CriticFreeAlgorithm):
                                              dtype=torch.long)
         return batch
 
-    def advantages(self, backend: Any, batch: PackedBatch) -> tuple[PackedBatch, dict[str, float]]:
+    def advantages(self, backend: Backend, batch: PackedBatch) -> tuple[PackedBatch, dict[str, float]]:
         """Scores (KL-penalised) -> leave-one-out advantages, broadcast to the tokens."""
         from agent_lightning import ops
 
@@ -69,7 +76,7 @@ class RLOO(training.CriticFreeAlgorithm):
         groups = common.first_token_values(extras["group"], pcu)
         info: dict[str, float] = {}
         if c.kl_coef > 0:
-            ref = training.reference_logprobs(backend, batch, self.temperature, c.micro_batch_tokens).cpu()
+            ref = self.pg.reference_logprobs(backend, batch).cpu()
             extras["ref_logprobs"] = ref
             if c.kl_mode == "reward":
                 sequence_kl = ops.segment_sum(common.kl(batch.sampling_logprobs, ref, "k1"), pcu)
@@ -79,6 +86,26 @@ class RLOO(training.CriticFreeAlgorithm):
         adv = common.broadcast_to_tokens(per_sequence, pcu)
         info["advantage_abs_mean"] = float(adv.abs().mean())
         return dataclasses.replace(batch, advantages=adv, extras=extras), info
+
+    def loss(self, backend: Backend, batch: PackedBatch, norm_tokens: int) -> tuple[Any, dict[str, Any]]:
+        """The clipped surrogate of one micro-batch (KL to the reference in the loss with
+        ``kl_mode: loss``) and its detached diagnostics."""
+        c = self.config
+        ref = batch.extras["ref_logprobs"] if c.kl_coef > 0 and c.kl_mode == "loss" else None
+        return self.pg.loss(backend, batch, norm_tokens, ref)
+
+    def update(self, backend: Backend, batch: PackedBatch | None) -> dict[str, float]:
+        """Leave-one-out advantages, then ``epochs`` x ``minibatches`` optimizer steps."""
+        if batch is None or batch.num_policy_tokens == 0:
+            return {}
+        batch, info = self.advantages(backend, batch)
+        return self.pg.optimize(backend, batch, self.loss, info)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        return None
 
 
 @hookimpl

@@ -1,33 +1,56 @@
-"""The optimisation side every policy-gradient algorithm shares: options and the update loop.
+"""The optimisation side of every gradient-based algorithm: options, the update loop, the
+policy-gradient shell.
 
-:class:`PolicyGradientOptions` holds the options common to GRPO, PPO, RLOO and
-REINFORCE++ (clipping, aggregation, KL, entropy, optimizer, epochs); each algorithm's
-config subclasses it. :func:`optimize` runs ``epochs`` passes of ``minibatches`` optimizer
-steps over one step's rollouts, accumulating gradients over micro-batches that fit
-``micro_batch_tokens``. :func:`per_token_no_grad` runs a no-grad pass (old values,
-reference log-probs) over the same micro-batches and reassembles a ``[N]`` tensor.
+* :class:`OptimizerOptions`: AdamW, schedule and batching (``epochs``, ``minibatches``,
+  ``micro_batch_tokens``), read by GRPO, PPO, RLOO, REINFORCE++ and DPO;
+  :class:`PolicyGradientOptions` adds the options of the four policy-gradient ones.
+* :func:`optimize`: **the** update loop of all five. One step's data is a list of rows
+  (the sequences of a packed batch; DPO's preference pairs); ``epochs`` passes of
+  ``minibatches`` optimizer steps, each accumulating gradients over micro-batches of at
+  most ``micro_batch_tokens`` stream tokens. Under ``torchrun`` a rank backpropagates only
+  its share of each minibatch (``scaling.distributed.micro_batches``) and the backend's
+  ``optimizer_step`` averages the gradients. :func:`optimize_sequences` is the loop over a
+  packed batch's sequences (the policy-gradient algorithms).
+* :class:`PolicyGradient`: what GRPO, PPO, RLOO and REINFORCE++ share, held by each as
+  ``self.pg`` (composition): options, sampling temperature, optimizer setup, the
+  clipped-surrogate loss, the update. :func:`per_token_no_grad` and
+  :func:`reference_logprobs` are the no-grad passes (old values, reference log-probs).
+
+A policy-gradient algorithm reads the same way in each file::
+
+    prepare(trajectories) -> PackedBatch     the healthy trajectories, packed
+    advantages(...)                          all of its advantage maths, in this one method:
+                                             GRPO's needs only the rewards and prepare calls it;
+                                             PPO's (critic values) and RLOO's and REINFORCE++'s
+                                             (reference log-probs, KL in the reward) need the
+                                             model: update calls it first
+    loss(backend, micro_batch, norm_tokens)  one micro-batch's loss and its diagnostics
+    update(backend, batch)                   advantages (unless done), then optimize_sequences
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_lightning import distributed
 from agent_lightning.algorithms.common import microbatch_share
+from agent_lightning.scaling import distributed
+from agent_lightning.types import Backend, optional
 
 if TYPE_CHECKING:
     import torch
 
-    from agent_lightning.batch import PackedBatch
+    from agent_lightning.loop.batch import PackedBatch
 
+M = TypeVar("M")
 LossFn = Callable[[Any, "PackedBatch", int], "tuple[torch.Tensor, dict[str, Any]]"]
+"""A policy-gradient loss: ``(backend, micro_batch, norm_tokens) -> (loss, stats)``."""
 
 
 class OptimizerOptions(BaseModel):
     """AdamW, schedule and batching options of every gradient-based algorithm (part of the
-    ``algorithm`` section); an algorithm may override a default (DPO's ``lr``)."""
+    ``algorithm`` section); an algorithm may override a default (DPO's ``lr``, PPO's ``epochs``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,7 +60,7 @@ class OptimizerOptions(BaseModel):
     warmup_steps: int = Field(0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float = Field(1.0, ge=0)
-    epochs: int = Field(1, ge=1, description="passes over each step's data")
+    epochs: int = Field(1, ge=1, description="passes over each step's data (rollouts, pairs)")
     minibatches: int = Field(1, ge=1, description="optimizer steps per pass")
     micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
 
@@ -52,11 +75,10 @@ class PolicyGradientOptions(OptimizerOptions):
     kl_coef: float = Field(0.0, ge=0)
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = 0.0
-    epochs: int = Field(1, ge=1, description="passes over each step's rollouts")
     shuffle: bool = Field(False, description="deal the sequences into minibatches in a fresh random order every epoch")
 
 
-def configure_optimizer(backend: Any, options: OptimizerOptions, total_steps: int,
+def configure_optimizer(backend: Backend, options: OptimizerOptions, total_steps: int,
                         extra_param_groups: tuple[dict[str, Any], ...] = ()) -> None:
     """AdamW with the options' learning-rate schedule; ``extra_param_groups`` (a value head,
     a critic) are stepped, clipped and checkpointed with the policy."""
@@ -64,16 +86,20 @@ def configure_optimizer(backend: Any, options: OptimizerOptions, total_steps: in
     backend.configure_optimizer(lr=options.lr, weight_decay=options.weight_decay, betas=options.betas,
                                 warmup_steps=options.warmup_steps, total_steps=total_steps,
                                 schedule=options.schedule, **kwargs)
-    if getattr(options, "kl_coef", 0) > 0 and hasattr(backend, "reference_model"):
+    snapshot = optional(backend, Backend, "reference_model")
+    if getattr(options, "kl_coef", 0) > 0 and snapshot is not None:
         # Take the frozen reference now: a resume loads trained weights into the policy right
         # after setup, and a copy made lazily later would be of those, not of the start.
-        backend.reference_model()
+        snapshot()
 
 
 def norm_tokens(batch: "PackedBatch", options: PolicyGradientOptions) -> int:
     """The ``seq-mean-token-sum`` divisor: the option, else the longest sequence's policy tokens."""
     lengths = (batch.policy_cu_seqlens[1:] - batch.policy_cu_seqlens[:-1]).tolist()
     return options.loss_norm_tokens or max(lengths)
+
+
+# --------------------------------------------------------------------------- the update loop
 
 
 class UpdateTally:
@@ -91,7 +117,7 @@ class UpdateTally:
         self.skipped = 0
         self.trailing = 0
 
-    def step(self, backend: Any, max_grad_norm: float, *, finite_loss: bool) -> dict[str, float] | None:
+    def step(self, backend: Backend, max_grad_norm: float, *, finite_loss: bool) -> dict[str, float] | None:
         """Step the optimizer; ``None`` when the update was skipped, else the backend's metrics."""
         import math
 
@@ -117,56 +143,63 @@ def is_finite(loss: "torch.Tensor") -> bool:
     return bool(torch.isfinite(loss.detach()).all())
 
 
-def optimize(backend: Any, batch: "PackedBatch", loss_fn: LossFn, options: PolicyGradientOptions) -> dict[str, float]:
-    """``epochs`` passes of ``minibatches`` optimizer steps over ``batch``.
+def optimize(backend: Backend, options: OptimizerOptions, *, lengths: Sequence[int], select: Callable[[list[int]], M],
+             loss_fn: Callable[[Any, M], "tuple[torch.Tensor, dict[str, Any]]"],
+             share: Callable[[M, list[int]], float], shuffle: bool = False) -> dict[str, float]:
+    """``options.epochs`` passes of ``options.minibatches`` optimizer steps over one step's rows.
 
-    Minibatch ``m`` of a pass holds the sequences ``order[m::minibatches]``, where
-    ``order`` is ``0..B-1`` or, with ``options.shuffle``, a fresh permutation per pass drawn from
-    torch's global generator (checkpointed by the trainer, so resume stays exact). Each
-    minibatch is cut into micro-batches of at most ``micro_batch_tokens`` stream tokens
-    whose losses, weighted by :func:`microbatch_share`, accumulate into one gradient.
+    The rows are ``0..R-1`` (a packed batch's sequences, DPO's pairs). Minibatch ``m`` of a
+    pass holds the rows ``order[m::minibatches]``, where ``order`` is ``0..R-1`` or, with
+    ``shuffle``, a fresh permutation per pass drawn from torch's global generator on rank 0
+    (checkpointed by the trainer, so resume stays exact). ``distributed.micro_batches`` cuts
+    a minibatch into micro-batches of at most ``micro_batch_tokens`` stream tokens (under
+    ``torchrun``: of this rank's share of the rows only, with gradient ``scale``); their losses,
+    weighted by ``share * scale``, accumulate into one gradient, averaged over ranks by the
+    backend's ``optimizer_step``.
 
     Args:
-        loss_fn: ``(backend, micro_batch, norm_tokens) -> (loss, stats)``; stats are
-            detached scalars, averaged over the update like the loss.
+        lengths: Stream tokens of each row (what the micro-batch budget counts).
+        select: ``rows -> micro_batch`` (``PackedBatch.select``, ``PairBatch.select``).
+        loss_fn: ``(backend, micro_batch) -> (loss, stats)``; stats are detached scalars,
+            averaged over the update like the loss.
+        share: ``(micro_batch, minibatch_rows) -> weight`` of the micro-batch's loss in its
+            minibatch's loss: the weighted micro-batch losses (of all ranks) add up to the
+            minibatch's loss.
+        shuffle: Deal the rows in a fresh random order every pass.
 
-    A minibatch whose loss or gradient norm is NaN/inf is skipped (:class:`UpdateTally`): no
-    optimizer step, and its stats are left out of the averages.
+    A minibatch whose loss or gradient norm is NaN/inf is skipped (:class:`UpdateTally`): the
+    non-finite loss is not backpropagated, no optimizer step, and its stats are left out of
+    the averages.
 
     Returns:
-        The stats and the backend's ``optimizer_step`` metrics, averaged over the optimizer
-        steps taken, plus the :class:`UpdateTally` counts.
+        The stats (averaged over ranks) and the backend's ``optimizer_step`` metrics, averaged
+        over the optimizer steps taken, plus the :class:`UpdateTally` counts.
     """
     import torch
 
-    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
-    policy_lengths = (batch.policy_cu_seqlens[1:] - batch.policy_cu_seqlens[:-1]).tolist()
-    divisor = norm_tokens(batch, options)
     totals: dict[str, float] = {}
     count = 0
     tally = UpdateTally()
     backend.train_mode(True)
     for _epoch in range(options.epochs):
-        order = distributed.broadcast_object(torch.randperm(batch.num_sequences).tolist()) if options.shuffle else list(range(batch.num_sequences))
+        order = distributed.broadcast_object(torch.randperm(len(lengths)).tolist()) if shuffle else list(range(len(lengths)))
         for mb in range(options.minibatches):
             rows = order[mb::options.minibatches]
             if not rows:
                 continue
-            mb_tokens = sum(policy_lengths[r] for r in rows)
             mb_totals: dict[str, float] = {}
             finite = True
             # This rank's micro-batches (all of them on one process); scale: see distributed.micro_batches.
             for micro_rows, scale in distributed.micro_batches(rows, [lengths[r] for r in rows], options.micro_batch_tokens):
-                micro = batch.select([rows[i] for i in micro_rows])
-                loss, stats = loss_fn(backend, micro, divisor)
+                micro = select([rows[i] for i in micro_rows])
+                loss, stats = loss_fn(backend, micro)
                 if not is_finite(loss):
                     finite = False
                     continue
-                share = microbatch_share(options.loss_aggregation, micro.num_sequences, micro.num_policy_tokens,
-                                         len(rows), mb_tokens)
-                (loss * share * scale).backward()
+                weight = share(micro, rows)
+                (loss * weight * scale).backward()
                 for key, value in stats.items():
-                    mb_totals[key] = mb_totals.get(key, 0.0) + float(value) * share * scale
+                    mb_totals[key] = mb_totals.get(key, 0.0) + float(value) * weight * scale
             stepped = tally.step(backend, options.max_grad_norm, finite_loss=finite)
             if stepped is None:
                 continue
@@ -175,6 +208,31 @@ def optimize(backend: Any, batch: "PackedBatch", loss_fn: LossFn, options: Polic
             count += 1
     totals = distributed.mean_over_ranks(totals)  # the stats are per-rank shares
     return {**{key: value / max(1, count) for key, value in totals.items()}, **tally.metrics()}
+
+
+def optimize_sequences(backend: Backend, batch: "PackedBatch", loss_fn: LossFn,
+                       options: PolicyGradientOptions) -> dict[str, float]:
+    """:func:`optimize` over the sequences of a packed batch (the policy-gradient algorithms).
+
+    ``loss_fn(backend, micro_batch, norm_tokens)`` gets the whole batch's
+    ``seq-mean-token-sum`` divisor (:func:`norm_tokens`); a micro-batch's share of its
+    minibatch is :func:`~agent_lightning.algorithms.common.microbatch_share` (policy tokens
+    for ``token-mean``, sequences for the per-sequence aggregations).
+    """
+    lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).tolist()
+    policy_lengths = (batch.policy_cu_seqlens[1:] - batch.policy_cu_seqlens[:-1]).tolist()
+    divisor = norm_tokens(batch, options)
+
+    def share(micro: "PackedBatch", rows: list[int]) -> float:
+        return microbatch_share(options.loss_aggregation, micro.num_sequences, micro.num_policy_tokens,
+                                len(rows), sum(policy_lengths[r] for r in rows))
+
+    return optimize(backend, options, lengths=lengths, select=batch.select,
+                    loss_fn=lambda backend, micro: loss_fn(backend, micro, divisor), share=share,
+                    shuffle=options.shuffle)
+
+
+# --------------------------------------------------------------------------- no-grad passes
 
 
 def per_token_no_grad(batch: "PackedBatch", fn: Callable[["PackedBatch"], "torch.Tensor"],
@@ -209,58 +267,54 @@ def per_token_no_grad(batch: "PackedBatch", fn: Callable[["PackedBatch"], "torch
     return torch.cat([piece for _, piece in pieces])
 
 
-def reference_logprobs(backend: Any, batch: "PackedBatch", temperature: float, micro_batch_tokens: int) -> "torch.Tensor":
+def reference_logprobs(backend: Backend, batch: "PackedBatch", temperature: float, micro_batch_tokens: int) -> "torch.Tensor":
     """Log-probs of the batch's policy tokens under the frozen reference: float32 ``[N]``."""
     return per_token_no_grad(
         batch, lambda micro: backend.token_logprobs(micro, temperature=temperature, reference=True)[0],
         micro_batch_tokens)
 
 
-class CriticFreeAlgorithm:
-    """The shell shared by the critic-free policy-gradient algorithms (RLOO, REINFORCE++).
+# --------------------------------------------------------------------------- the shell
 
-    A subclass sets ``config_cls`` and implements ``prepare(trajectories)`` and
-    ``advantages(backend, batch) -> (batch with advantages, info)``; this class parses the
-    options, creates the optimizer, computes the clipped-surrogate loss (KL in the loss when
-    ``kl_mode: loss``) and runs ``optimize`` over the batch. It holds no state of its own.
+
+class PolicyGradient:
+    """What GRPO, PPO, RLOO and REINFORCE++ share, held by each as ``self.pg``.
+
+    It parses the algorithm's options (``config``), remembers the sampling temperature
+    (log-probs are recomputed at it), creates the optimizer, computes the clipped-surrogate
+    loss and runs the update over a packed batch. It holds no training state.
     """
 
-    config_cls: type = PolicyGradientOptions
-
-    def __init__(self, **options: Any):
+    def __init__(self, config_cls: type[PolicyGradientOptions], options: Mapping[str, Any]):
         from agent_lightning.config import parse_options
 
-        self.config = parse_options(self.config_cls, "algorithm", options)
-        self.group_size = self.config.group_size
+        self.config: Any = parse_options(config_cls, "algorithm", dict(options))
         self.temperature = 1.0
 
-    def setup(self, backend: Any, *, total_steps: int, temperature: float) -> None:
-        """Create the optimizer; remember the sampling temperature for log-prob recomputation."""
+    def setup(self, backend: Backend, *, total_steps: int, temperature: float,
+              extra_param_groups: tuple[dict[str, Any], ...] = ()) -> None:
+        """Create the optimizer (with ``extra_param_groups``: PPO's value head or critic);
+        remember the sampling temperature for log-prob recomputation."""
         self.temperature = temperature
-        configure_optimizer(backend, self.config, total_steps)
+        configure_optimizer(backend, self.config, total_steps, extra_param_groups)
 
-    def advantages(self, backend: Any, batch: "PackedBatch") -> "tuple[PackedBatch, dict[str, float]]":
-        raise NotImplementedError
+    def reference_logprobs(self, backend: Backend, batch: "PackedBatch") -> "torch.Tensor":
+        """The batch's policy tokens' log-probs under the frozen reference, float32 ``[N]``."""
+        return reference_logprobs(backend, batch, self.temperature, self.config.micro_batch_tokens)
 
-    def loss(self, backend: Any, batch: "PackedBatch", norm_tokens: int) -> "tuple[Any, dict[str, Any]]":
+    def loss(self, backend: Backend, batch: "PackedBatch", norm_tokens: int,
+             ref_logprobs: "torch.Tensor | None" = None) -> "tuple[torch.Tensor, dict[str, Any]]":
+        """The clipped-surrogate loss of one micro-batch (``common.policy_loss``) at the sampling
+        temperature, with the KL to ``ref_logprobs`` in the loss when given."""
         from agent_lightning.algorithms import common
 
         logp, entropy = backend.token_logprobs(batch, temperature=self.temperature, with_entropy=True)
-        use_ref = self.config.kl_coef > 0 and self.config.kl_mode == "loss"
-        ref = batch.extras["ref_logprobs"] if use_ref else None
-        return common.policy_loss(logp, entropy, batch, norm_tokens, self.config, ref)
+        return common.policy_loss(logp, entropy, batch, norm_tokens, self.config, ref_logprobs)
 
-    def update(self, backend: Any, batch: "PackedBatch | None") -> dict[str, float]:
-        if batch is None or batch.num_policy_tokens == 0:
-            return {}
-        batch, info = self.advantages(backend, batch)
-        metrics = optimize(backend, batch, self.loss, self.config)
+    def optimize(self, backend: Backend, batch: "PackedBatch", loss_fn: LossFn, info: Mapping[str, float]) -> dict[str, float]:
+        """:func:`optimize_sequences` over ``batch`` (its advantages set); the metrics, then
+        ``info`` (the algorithm's diagnostics) and ``policy_tokens``."""
+        metrics = optimize_sequences(backend, batch, loss_fn, self.config)
         metrics.update(info)
         metrics["policy_tokens"] = float(batch.num_policy_tokens)
         return metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Any) -> None:
-        return None

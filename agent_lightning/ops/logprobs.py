@@ -35,6 +35,8 @@ from typing import NamedTuple
 # first use of ``token_logprobs``, and the autograd.Function below needs it.
 import torch
 
+from agent_lightning.ops.head_transform import HeadTransform
+
 IMPLEMENTED = ("triton",)
 # Torch path tiling: token chunks of CHUNK_ROWS rows, vocab tiles sized so one float32
 # [CHUNK_ROWS, tile] logits tile is TILE_BYTES. Tiles this big keep the matmuls efficient and
@@ -57,29 +59,6 @@ class TokenLogprobs(NamedTuple):
     """Entropy of the full next-token distribution, in nats."""
     kl: torch.Tensor | None
     """Per-token KL estimate against ``ref_logprobs`` (see :func:`agent_lightning.ops.kl_penalty`)."""
-
-
-class HeadTransform(NamedTuple):
-    """The transform from lm-head output ``y`` to the softmax input ``z`` (module docstring)."""
-
-    temperature: float
-    logit_scale: float
-    softcap: float | None
-
-    @property
-    def pre(self) -> float:
-        """``u = y * pre``: ``s / T``, or ``s / c`` with a soft-cap."""
-        return self.logit_scale / (self.softcap if self.softcap is not None else self.temperature)
-
-    @property
-    def post(self) -> float:
-        """With a soft-cap ``z = tanh(u) * post`` (``c / T``)."""
-        return self.softcap / self.temperature if self.softcap is not None else 1.0
-
-    @property
-    def grad_scale(self) -> float:
-        """``d z / d y`` without the ``1 - tanh**2`` factor: ``s / T``."""
-        return self.logit_scale / self.temperature
 
 
 def token_logprobs(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import random
 
-from agent_lightning.preferences import PreferencePair, write_preferences
+from agent_lightning.preferences.data import PreferencePair, write_preferences
 
 
 def _hint(secret: int, guess: int) -> str:

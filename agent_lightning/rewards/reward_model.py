@@ -88,7 +88,7 @@ class RewardModelScorer:
             raise ValueError(f"reward.path: '{options.path}' is not a directory")
         device = "cuda" if options.device == "auto" and torch.cuda.is_available() else options.device
         device = "cpu" if device == "auto" else device
-        from agent_lightning.reward_model import is_reward_model_dir, load_reward_model
+        from agent_lightning.preferences.reward_model import is_reward_model_dir, load_reward_model
 
         self.native = is_reward_model_dir(folder)
         self.meta: dict[str, Any] = {}
@@ -126,7 +126,7 @@ class RewardModelScorer:
     def _text_tokens(self, traj: Trajectory) -> list[int]:
         messages = list(traj.task.prompt) + [{"role": "assistant", "content": t.action} for t in traj.turns]
         if self.native:
-            from agent_lightning.preferences import ConversationEncoder
+            from agent_lightning.preferences.data import ConversationEncoder
 
             encoder = ConversationEncoder(self.tokenizer)
             return encoder.encode(list(traj.task.prompt), messages[len(traj.task.prompt):], id=traj.id).token_ids

@@ -33,7 +33,7 @@ def plugin_manager_with(*plugins: Any) -> Any:
 
 def tiny_policy(seed: int = 0) -> Any:
     """A tiny random-init ``TransformersBackend`` (hidden 32, one layer, two heads) on the CPU."""
-    from agent_lightning.backends.transformers_backend import TransformersBackend
+    from agent_lightning.backends.transformers.backend import TransformersBackend
     from agent_lightning.config import BackendConfig, ModelConfig
 
     return TransformersBackend(ModelConfig(preset="tiny", preset_options=dict(TINY_PRESET_OPTIONS)),

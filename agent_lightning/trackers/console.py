@@ -29,6 +29,7 @@ class ConsoleTracker:
     """
 
     description = "rich progress bar, one metrics line per step, summary table"
+    display_only = True  # it prints; results computed after the run (alightning eval) are not sent here
 
     def __init__(self, run_dir: str = "", keys: list[str] | None = None, quiet: bool = False):
         from rich.console import Console

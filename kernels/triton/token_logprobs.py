@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from agent_lightning.ops.head_transform import HeadTransform
+
 # Backward: float32 weight-gradient slab budget (bytes) and tokens per chunk.
 SLAB_BYTES = 128 * 1024 * 1024
 CHUNK_N = 4096
@@ -358,7 +360,5 @@ def triton_token_logprobs(
     targets = targets.contiguous()
     bias = bias.contiguous() if bias is not None else None
     blocks = dict(_blocks(hidden.shape[1], hidden.device), **(blocks or {}))
-    from agent_lightning.ops.logprobs import HeadTransform
-
     head = HeadTransform(float(temperature), float(logit_scale), None if softcap is None else float(softcap))
     return _TritonTokenLogprobs.apply(hidden, weight, bias, targets, head, return_entropy, blocks)

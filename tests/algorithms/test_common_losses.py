@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agent_lightning.algorithms import common
-from agent_lightning.batch import pack_trajectories
+from agent_lightning.loop.batch import pack_trajectories
 from agent_lightning.types import Task, Trajectory, Turn
 
 TASK = Task(id="t", prompt=({"role": "user", "content": "x"},))
@@ -246,7 +246,7 @@ class TableBackend:
 
 @pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"])
 def test_micro_batched_gradients_equal_the_whole_minibatch(mode):
-    from agent_lightning.algorithms.training import PolicyGradientOptions, optimize
+    from agent_lightning.algorithms.training import PolicyGradientOptions, optimize_sequences
 
     batch = _three_trajectory_batch()
 
@@ -258,7 +258,7 @@ def test_micro_batched_gradients_equal_the_whole_minibatch(mode):
     for budget in (1, 10_000):  # every sequence alone, or all at once
         options = PolicyGradientOptions(loss_aggregation=mode, micro_batch_tokens=budget)
         backend = TableBackend(batch)
-        metrics = optimize(backend, batch, loss_fn, options)
+        metrics = optimize_sequences(backend, batch, loss_fn, options)
         grads.append(backend.grads[0])
         assert set(metrics) >= {"pg_loss", "clip_fraction"}
     assert grads[0].tolist() == pytest.approx(grads[1].tolist(), abs=1e-7)

@@ -98,7 +98,7 @@ def test_algorithm_loss_sums_policy_tokens_per_side(loss, expected):
     algo = DPO(pairs="online", beta=0.5, loss=loss)
     pairs.ref = algo.reference_logps(backend, pairs)
     assert [t.tolist() for t in pairs.ref] == [pytest.approx(REF_C), pytest.approx(REF_R)]
-    value, stats = algo.loss(backend, pairs, [0, 1])
+    value, stats = algo.loss(backend, pairs)
     assert float(value.detach()) == pytest.approx(expected, abs=1e-6)
     assert float(stats["reward_margin"]) == pytest.approx(0.0, abs=1e-6)  # margins +0.25 and -0.25
     assert float(stats["reward_accuracy"]) == pytest.approx(0.5)
@@ -110,7 +110,7 @@ def test_reference_free_uses_zero_reference():
     algo = DPO(pairs="online", beta=0.5, reference_free=True)
     pairs.ref = algo.reference_logps(backend, pairs)
     assert backend.reference_calls == 0
-    value, _ = algo.loss(backend, pairs, [0, 1])
+    value, _ = algo.loss(backend, pairs)
     # h = logp_c - logp_r: pair 0: -1.0 - (-1.5) = 0.5, pair 1: -2.0 - (-1.0) = -1.0.
     expected = (-math.log(1 / (1 + math.exp(-0.25))) - math.log(1 / (1 + math.exp(0.5)))) / 2
     assert float(value.detach()) == pytest.approx(expected, abs=1e-6)
@@ -120,10 +120,29 @@ def test_sft_term_adds_the_chosen_per_token_nll():
     pairs, backend = _pairs_and_backend()
     algo = DPO(pairs="online", beta=0.5, sft_coef=2.0)
     pairs.ref = algo.reference_logps(backend, pairs)
-    value, stats = algo.loss(backend, pairs, [0, 1])
+    value, stats = algo.loss(backend, pairs)
     nll = -((-1.0 / 2) + (-2.0 / 1)) / 2  # chosen log-prob sums over their token counts, averaged
     assert float(stats["sft_nll"]) == pytest.approx(nll)
     assert float(value.detach()) == pytest.approx((LOG1P_EXP_MINUS + LOG1P_EXP_PLUS) / 2 + 2.0 * nll, abs=1e-6)
+
+
+def test_update_runs_the_shared_loop_with_its_non_finite_guard():
+    pairs, backend = _pairs_and_backend()
+    backend.policy["c1"] = [float("nan")]  # pair 1's loss is NaN
+    steps = []
+
+    def optimizer_step(max_grad_norm, *, skip=False):
+        steps.append(skip)
+        return {"grad_norm": 0.5, "lr": 0.1}
+
+    backend.train_mode = lambda training: None
+    backend.optimizer_step = optimizer_step
+    algo = DPO(pairs="online", beta=0.5, minibatches=2, epochs=2)
+    metrics = algo.update(backend, pairs)
+    assert steps == [False, True, False, True]  # minibatch 1 holds pair 1: skipped in both epochs
+    assert (metrics["updates"], metrics["skipped_updates"], metrics["trailing_skipped_updates"]) == (4.0, 2.0, 1.0)
+    assert metrics["dpo_loss"] == pytest.approx(LOG1P_EXP_MINUS, abs=1e-6)  # the updates taken: pair 0 alone
+    assert metrics["grad_norm"] == 0.5 and metrics["pairs"] == 2.0
 
 
 def test_online_pairs_best_and_worst_of_each_group_ties_skipped():
@@ -185,7 +204,7 @@ class TokenizerBackend:
     """Just enough backend for offline setup: a tokenizer and an optimizer hook."""
 
     def __init__(self):
-        from agent_lightning.backends.tiny import build_tokenizer
+        from agent_lightning.backends.transformers.tiny import build_tokenizer
 
         self.tokenizer = build_tokenizer(max_number=6)
         self.optimizer_args = None
@@ -226,9 +245,9 @@ def test_offline_setup_rejects_a_malformed_file_naming_the_line(tmp_path):
 
 
 def test_micro_batches_accumulate_to_the_full_batch_update():
-    from agent_lightning.backends.transformers_backend import create_backend
+    from agent_lightning.backends.transformers.backend import create_backend
     from agent_lightning.config import BackendConfig, ModelConfig
-    from agent_lightning.preferences import ConversationEncoder
+    from agent_lightning.preferences.data import ConversationEncoder
     from agent_lightning.presets.guess_number_preferences import build_pairs
 
     model = ModelConfig(preset="tiny", preset_options={"hidden_size": 16, "num_layers": 1, "num_heads": 2})

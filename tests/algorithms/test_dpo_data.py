@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from agent_lightning.backends.chat_tokens import ChatTokens
-from agent_lightning.backends.tiny import build_tokenizer
+from agent_lightning.backends.transformers.chat_tokens import ChatTokens
+from agent_lightning.backends.transformers.tiny import build_tokenizer
 from agent_lightning.envs.guess_number import GuessNumberEnv
-from agent_lightning.preferences import (ConversationEncoder, PreferenceDataError, load_preferences, resolve_path,
+from agent_lightning.preferences.data import (ConversationEncoder, PreferenceDataError, load_preferences, resolve_path,
                                          split_pairs)
 from agent_lightning.presets.guess_number_preferences import build_pairs
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from agent_lightning.preferences import write_preferences
+from agent_lightning.loop.trainer import Trainer
+from agent_lightning.preferences.data import write_preferences
 from agent_lightning.presets.guess_number_preferences import build_pairs
-from agent_lightning.trainer import Trainer
 
 
 def _evals(run_dir):
@@ -59,7 +59,7 @@ def test_online_dpo_improves_quickstart_held_out_success(tiny_config, tmp_path):
 
 
 def test_offline_dpo_resumes_exactly(tiny_config, tmp_path):
-    from agent_lightning.trackers.jsonl import read_metrics
+    from agent_lightning.metrics import read_metrics
 
     data = tmp_path / "prefs.jsonl"
     write_preferences(build_pairs(12, seed=2), data)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent_lightning.trainer import Trainer
+from agent_lightning.loop.trainer import Trainer
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo", "reinforce++"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent_lightning.trainer import Trainer
+from agent_lightning.loop.trainer import Trainer
 
 # 50 steps of 16 tasks x 4 rollouts (about 15 s of CPU each). Seed 0 went 0.03 -> 0.44 (ppo),
 # 0.39 (rloo) and 0.42 (reinforce++) held-out success when this was written; seeds 1 and 2 gave

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from agent_lightning import checkpoint as ckpt
 from agent_lightning.algorithms.ppo import PPO
-from agent_lightning.trackers.jsonl import read_metrics
-from agent_lightning.trainer import Trainer
+from agent_lightning.loop import checkpoint as ckpt
+from agent_lightning.loop.trainer import Trainer
+from agent_lightning.metrics import read_metrics
 from agent_lightning.types import Task, Trajectory, Turn
 
 TASK = Task(id="t", prompt=({"role": "user", "content": "x"},))

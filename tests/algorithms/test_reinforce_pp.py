@@ -56,9 +56,10 @@ def test_kl_in_reward_returns_to_go_and_global_whitening_by_hand():
 def test_group_mean_baseline_step_rewards_and_discount():
     algo = ReinforcePP(kl_coef=0.0, baseline="group-mean", step_rewards=True, gamma=0.5)
     batch = algo.prepare(_trajectories())
-    # finals 1 and 0 in one group -> 0.5 and -0.5; a's first turn earned a step reward of 0.5
-    assert batch.extras["token_rewards"].tolist() == pytest.approx([0.0, 0.5, 0.5, -0.5])
+    assert batch.extras["turn_rewards"].tolist() == [0.0, 0.5, 0.0, 0.0]  # a's first turn earned 0.5
     batch, _ = algo.advantages(None, batch)  # no KL: the backend is not needed
+    # finals 1 and 0 in one group -> 0.5 and -0.5, on each sequence's last token
+    assert batch.extras["token_rewards"].tolist() == pytest.approx([0.0, 0.5, 0.5, -0.5])
     returns = [0.5 * 0.5 + 0.25 * 0.5, 0.5 + 0.5 * 0.5, 0.5, -0.5]
     assert batch.extras["returns"].tolist() == pytest.approx(returns)
 

@@ -185,7 +185,7 @@ def test_parse_options_lists_every_unknown_key_with_did_you_mean():
 
 
 def test_resolved_config_is_written_to_the_run_directory(tiny_config, tmp_path):
-    from agent_lightning.trainer import Trainer
+    from agent_lightning.loop.trainer import Trainer
 
     config = tiny_config(trainer={"steps": 1, "eval_episodes": 4})
     Trainer(config, tmp_path / "run").run()

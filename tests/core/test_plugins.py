@@ -41,7 +41,7 @@ def test_builtins_are_registered_through_the_hooks():
     assert "guess-number" in pm.environments
     assert "grpo" in pm.algorithms
     assert {"console", "jsonl"} <= set(pm.trackers.names())
-    assert pm.backends.get("transformers").source.plugin == "agent_lightning.backends.transformers_backend"
+    assert pm.backends.get("transformers").source.plugin == "agent_lightning.backends.transformers.backend"
     assert pm.failures == []
 
 

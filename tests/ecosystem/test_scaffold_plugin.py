@@ -15,7 +15,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from agent_lightning.scaffold import KINDS, create_plugin, module_name
+from agent_lightning.cli.scaffold import KINDS, create_plugin, module_name
 
 INSTALLED = {"kitdemo": "env", "kitdemo-reward": "reward"}
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from agent_lightning import env_catalog
-from agent_lightning.env_catalog import describe_environments, pick_task, play_interactive
+from agent_lightning.cli import env_catalog
+from agent_lightning.cli.env_catalog import describe_environments, pick_task, play_interactive
 from agent_lightning.envs import code, tool_use, web
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.plugins import build_plugin_manager

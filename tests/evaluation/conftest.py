@@ -24,7 +24,7 @@ TINY_RUN = {
 def al_eval_trained_run(tmp_path_factory):
     """A pristine 2-step run directory with checkpoints step-1 and step-2 (copy it before writing)."""
     from agent_lightning.config import validate
-    from agent_lightning.trainer import Trainer
+    from agent_lightning.loop.trainer import Trainer
 
     run_dir = tmp_path_factory.mktemp("eval-run") / "run"
     Trainer(validate(TINY_RUN), run_dir).run()
@@ -34,7 +34,7 @@ def al_eval_trained_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def al_eval_evaluated_run(al_eval_trained_run, tmp_path_factory):
     """A copy of the trained run after ``evaluate_run`` (base + both checkpoints)."""
-    from agent_lightning.evaluation import evaluate_run
+    from agent_lightning.evaluation.harness import evaluate_run
 
     run_dir = tmp_path_factory.mktemp("evaluated") / "run"
     shutil.copytree(al_eval_trained_run, run_dir)

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import re
-import types
 
 import pytest
 
-from agent_lightning import checkpoint as ckpt
 from agent_lightning.config import dump_yaml, validate
 from agent_lightning.envs.guess_number import GuessNumberEnv
-from agent_lightning.eval_stats import wilson_interval
-from agent_lightning.evaluation import evaluate_run
+from agent_lightning.evaluation.harness import evaluate_run
+from agent_lightning.evaluation.stats import wilson_interval
 from agent_lightning.hookspecs import hookimpl
+from agent_lightning.loop import checkpoint as ckpt
 from agent_lightning.types import Generation
 
 PROMPT, SEP, HIGHER, LOWER, INVALID, VOCAB = 90, 91, 92, 93, 94, 100
@@ -46,7 +45,7 @@ class ScriptedBackend:
     def __init__(self, model_config, backend_config, *, seed=0):
         self.skill = 0
         self.version = 0
-        self.model = types.SimpleNamespace(get_input_embeddings=lambda: types.SimpleNamespace(num_embeddings=VOCAB))
+        self.vocab_size = VOCAB
 
     def encode_prompt(self, messages):
         return [PROMPT] * 5
@@ -85,6 +84,8 @@ class ScriptedBackend:
 
 
 class NoopAlgorithm:
+    group_size = 1
+
     def setup(self, backend, *, total_steps, temperature):
         pass
 

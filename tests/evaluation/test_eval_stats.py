@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from agent_lightning.eval_stats import Z_95, pass_at_k, pass_ks, summarize, tracker_metrics, wilson_interval
+from agent_lightning.evaluation.stats import Z_95, pass_at_k, pass_ks, summarize, tracker_metrics, wilson_interval
 from agent_lightning.types import Task, Trajectory, Turn
 
 

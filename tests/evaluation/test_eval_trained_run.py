@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from agent_lightning.trackers.jsonl import read_metrics
+from agent_lightning.metrics import read_metrics
 
 SAME_AS_TRAINING = ("success_rate", "mean_reward", "mean_turns", "tokens_per_episode", "failed_episodes")
 
@@ -49,7 +49,7 @@ def test_eval_cli_shows_base_and_both_checkpoints(al_eval_run_copy, alightning, 
 
 
 def test_eval_cli_errors_are_one_line(al_eval_run_copy, tmp_path, capsys):
-    from agent_lightning.cli import main
+    from agent_lightning.cli.main import main
 
     assert main(["eval", str(tmp_path / "missing")]) == 2
     assert main(["eval", str(al_eval_run_copy), "--split", "test"]) == 2
@@ -60,7 +60,7 @@ def test_eval_cli_errors_are_one_line(al_eval_run_copy, tmp_path, capsys):
 
 
 def _initial_weights(config, run_dir):
-    from agent_lightning.trainer import Trainer
+    from agent_lightning.loop.trainer import Trainer
 
     trainer = Trainer(config.model_copy(update={"trackers": []}), run_dir)
     try:

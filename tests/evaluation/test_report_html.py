@@ -32,7 +32,7 @@ def _count_colour(pixels, rgb, tol=6) -> int:
 
 @pytest.fixture(scope="module")
 def report(al_eval_evaluated_run, tmp_path_factory):
-    from agent_lightning.cli import main
+    from agent_lightning.cli.main import main
 
     out = tmp_path_factory.mktemp("report")
     assert main(["report", str(al_eval_evaluated_run), "--output-dir", str(out), "--trajectories", "2"]) == 0
@@ -106,7 +106,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 
 def test_show_prints_trajectories_as_conversations(al_eval_trained_run, capsys):
-    from agent_lightning.cli import main
+    from agent_lightning.cli.main import main
 
     records = [json.loads(line) for line in (al_eval_trained_run / "trajectories" / "step-1.jsonl").read_text().splitlines()]
     assert main(["show", str(al_eval_trained_run), "--step", "1"]) == 0

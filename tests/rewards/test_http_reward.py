@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from agent_lightning.config import ConfigError
+from agent_lightning.loop.scoring import score
 from agent_lightning.plugins import get_plugin_manager
-from agent_lightning.scoring import score
 from agent_lightning.types import Task, Trajectory, Turn
 
 KEY = "sk-test-5f1c9e2d7a"
@@ -110,18 +110,25 @@ def test_custom_header_components_and_no_reference():
     assert result.total == 0.75 and dict(result.components) == {"correct": 0.5, "style": 0.25}
 
 
-def test_flaky_server_is_retried_with_exponential_backoff(caplog):
+def test_flaky_server_is_retried_with_exponential_backoff(caplog, monkeypatch):
+    waits = []  # the client's sleeps between attempts (recorded, not timed: no wall-clock asserts)
+    caller, real_sleep = threading.get_ident(), time.sleep
+
+    def recording_sleep(seconds):
+        if threading.get_ident() == caller:
+            waits.append(seconds)
+        real_sleep(seconds)
+
     def flaky(n, body):
         return (503, {"error": "overloaded"}) if n <= 2 else (200, {"reward": 0.5})
 
+    monkeypatch.setattr(time, "sleep", recording_sleep)
     with Server(flaky) as server:
         reward = _reward(server.url, backoff_s=0.05)
-        started = time.perf_counter()
         with caplog.at_level(logging.WARNING):
             assert reward(_traj()) == 0.5
-        elapsed = time.perf_counter() - started
     assert len(server.requests) == 3
-    assert elapsed >= 0.05 + 0.1  # waited backoff_s, then twice that
+    assert waits == pytest.approx([0.05, 0.1])  # waited backoff_s, then twice that
     retries = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
     assert len(retries) == 2 and "HTTP 503" in retries[0] and "attempt 2 of 4" in retries[0]
     assert KEY not in caplog.text

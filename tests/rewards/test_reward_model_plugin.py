@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from agent_lightning.backends.tiny import build_model, build_tokenizer
+from agent_lightning.backends.transformers.tiny import build_model, build_tokenizer
+from agent_lightning.loop.scoring import score
 from agent_lightning.plugins import get_plugin_manager
-from agent_lightning.preferences import ConversationEncoder
-from agent_lightning.reward_model import ScalarRewardModel, build_head, save_reward_model
-from agent_lightning.scoring import score
+from agent_lightning.preferences.data import ConversationEncoder
+from agent_lightning.preferences.reward_model import ScalarRewardModel, build_head, save_reward_model
 from agent_lightning.types import Task, Trajectory, Turn
 
 
@@ -112,7 +112,7 @@ def test_running_normalisation_uses_every_score_so_far(classifier_dir):
 
 
 def test_native_model_reads_the_token_stream_closed_with_the_stop_token(native_dir):
-    from agent_lightning.reward_model import load_reward_model
+    from agent_lightning.preferences.reward_model import load_reward_model
 
     tokenizer = build_tokenizer(max_number=6)
     model, _, meta = load_reward_model(native_dir)

@@ -9,8 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from agent_lightning.metrics import read_metrics
 from agent_lightning.trackers.console import DEFAULT_KEYS, _fmt
-from agent_lightning.trackers.jsonl import read_metrics
 
 WANDB_BOOKKEEPING = {"step", "_step", "_runtime", "_timestamp", "trajectories"}
 

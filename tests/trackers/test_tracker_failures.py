@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_lightning.trainer import Trainer
+from agent_lightning.loop.trainer import Trainer
 
 
 def _closed_port() -> int:

@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from agent_lightning.trackers.jsonl import read_metrics
-from agent_lightning.trainer import Trainer
+from agent_lightning.loop.trainer import Trainer
+from agent_lightning.metrics import read_metrics
 
 WALL_CLOCK = ("time/", "train/tokens_per_s", "eval/time_s")
 

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from agent_lightning.backends.transformers_backend import TransformersBackend, load_model_and_tokenizer
+from agent_lightning.backends.transformers.backend import TransformersBackend, load_model_and_tokenizer
 from agent_lightning.config import BackendConfig, ModelConfig, parse_options
 from agent_lightning.types import Generation
 
@@ -71,7 +71,7 @@ class VLLMBackend(TransformersBackend):
         if self.is_lora:  # the base without adapters, rebuilt the same way (deterministic for presets)
             base, _ = load_model_and_tokenizer(model_config, seed)
         else:
-            from agent_lightning.modeling import causal_lm
+            from agent_lightning.backends.transformers.modeling import causal_lm
 
             base = causal_lm(self.model)
         base.save_pretrained(str(folder))

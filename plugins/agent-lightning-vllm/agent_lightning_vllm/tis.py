@@ -63,7 +63,7 @@ def correct_batch(batch: Any, trainer_logprobs: Callable[[Any], Any], cap: float
     """Anchor a packed batch to the trainer's log-probs and attach TIS weights.
 
     Args:
-        batch: ``agent_lightning.batch.PackedBatch`` (anything else passes through).
+        batch: ``agent_lightning.loop.batch.PackedBatch`` (anything else passes through).
         trainer_logprobs: ``batch -> [N]`` float32 log-probs of its policy tokens under the
             policy that sampled them, computed by the trainer without gradient.
         cap: Truncation of the weights.

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from agent_lightning.batch import pack_trajectories
+from agent_lightning.loop.batch import pack_trajectories
 from agent_lightning.types import Task, Trajectory, Turn
 from agent_lightning_vllm.adapters import AdapterVersions
 from agent_lightning_vllm.engine import sampling_seeds
@@ -88,7 +88,7 @@ def test_adapter_versions_get_new_ids_and_old_ones_retire(tmp_path):
 
 
 def test_a_peft_adapter_saves_as_a_publishable_version(tmp_path):
-    from agent_lightning.backends.transformers_backend import TransformersBackend
+    from agent_lightning.backends.transformers.backend import TransformersBackend
     from agent_lightning.config import BackendConfig, LoraSettings, ModelConfig
 
     backend = TransformersBackend(ModelConfig(preset="tiny", preset_options={"hidden_size": 32, "num_layers": 1, "num_heads": 2},
@@ -129,7 +129,7 @@ def test_trainer_logprobs_recompute_what_the_policy_sampled(al_tiny_policy):
 
     from agent_lightning.config import SamplingConfig
     from agent_lightning.envs.guess_number import GuessNumberEnv
-    from agent_lightning.rollout import EnvPool, play
+    from agent_lightning.loop.rollout import EnvPool, play
     from agent_lightning_vllm.tis import no_grad_logprobs
 
     tasks = GuessNumberEnv(max_number=6, max_turns=3).tasks("train")

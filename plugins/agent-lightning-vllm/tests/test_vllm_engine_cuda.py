@@ -33,7 +33,7 @@ def _episodes(backend, n=16):
 
     from agent_lightning.config import SamplingConfig
     from agent_lightning.envs.guess_number import GuessNumberEnv
-    from agent_lightning.rollout import EnvPool, play
+    from agent_lightning.loop.rollout import EnvPool, play
 
     tasks = GuessNumberEnv(max_number=6, max_turns=3).tasks("train")
     jobs = [(f"{tasks[i % 6].id}/{i}", tasks[i % 6], i % 6) for i in range(n)]
@@ -44,7 +44,7 @@ def _episodes(backend, n=16):
 
 
 def _mismatch(backend, trajectories):
-    from agent_lightning.batch import check_invariants, pack_trajectories
+    from agent_lightning.loop.batch import check_invariants, pack_trajectories
 
     check_invariants(trajectories, vocab_size=backend.model.get_input_embeddings().num_embeddings, decode=backend.decode)
     kept = [t for t in trajectories if t.num_policy_tokens]
@@ -80,7 +80,7 @@ def test_a_new_lora_version_is_used_without_reloading_the_base():
 
 def test_grpo_step_reports_the_logprob_mismatch(tmp_path):
     from agent_lightning.config import validate
-    from agent_lightning.trainer import Trainer
+    from agent_lightning.loop.trainer import Trainer
 
     config = validate({
         "model": {"preset": "tiny", "preset_options": MODEL, "lora": {"r": 8}},

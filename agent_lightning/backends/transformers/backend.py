@@ -1,0 +1,455 @@
+"""The default policy backend: any ``AutoModelForCausalLM`` through ``transformers``.
+
+Loads from a built-in tiny preset, a Hub id or local directory (``from_pretrained``), or
+a ``.gguf`` file (dequantised by transformers); optional LoRA through peft. Samples in
+batches with a KV cache and a seeded generator, and computes training log-probs from the
+final hidden states through ``agent_lightning.ops.token_logprobs`` (the fused path: the
+``[tokens, vocab]`` logits are never materialised).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Sequence
+
+from agent_lightning.backends.transformers.chat_tokens import ChatTokens
+from agent_lightning.backends.transformers.loading import _dtype, load_model_and_tokenizer
+from agent_lightning.backends.transformers.stop_strings import StopStrings
+from agent_lightning.config import BackendConfig, ModelConfig
+from agent_lightning.hookspecs import hookimpl
+from agent_lightning.loop.schedules import lr_factor
+from agent_lightning.scaling import distributed
+from agent_lightning.types import Generation, Message
+
+ADAPTER_FILE = "adapter.safetensors"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("backend.device: 'cuda' was asked for but torch sees no CUDA device")
+    return name
+
+
+class TransformersBackend:
+    """Policy backend over a Hugging Face causal LM.
+
+    Args:
+        model_config: The ``model`` section.
+        backend_config: The ``backend`` section.
+        seed: Seeds model creation (tiny presets) and the sampling generator.
+    """
+
+    description = "Hugging Face causal LMs (presets, Hub ids, local dirs, GGUF), LoRA via peft"
+
+    def __init__(self, model_config: ModelConfig, backend_config: BackendConfig, *, seed: int = 0):
+        import torch
+
+        if backend_config.options:
+            raise ValueError(f"backend.options: the transformers backend takes none (got {sorted(backend_config.options)})")
+        if backend_config.threads:
+            torch.set_num_threads(backend_config.threads)
+        self.device = torch.device(_resolve_device(backend_config.device))
+        if model_config.quantization:  # QLoRA: a 4-bit base placed on the GPU at load
+            from agent_lightning.backends.transformers.quantization import load_quantized
+
+            model, tokenizer = load_quantized(model_config, seed, self.device)
+        else:
+            model, tokenizer = load_model_and_tokenizer(model_config, seed)
+        if model_config.preset and model_config.dtype != "float32" and not model_config.quantization:
+            model = model.to(_dtype(model_config.dtype))
+        self.is_lora = model_config.lora is not None
+        if self.is_lora:
+            from agent_lightning.backends.transformers.lora_targets import attach_lora
+
+            model = attach_lora(model, model_config.lora)
+        self.model = model if model_config.quantization else model.to(self.device)
+        self.tokenizer = tokenizer
+        self.chat = ChatTokens(tokenizer)
+        self.stop_ids = self.chat.stop_token_ids()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        from agent_lightning.backends.transformers.modeling import causal_lm
+
+        # transformers 5.x renamed past_key_values to cache; ask the causal LM (not a peft wrapper).
+        self._cache_kw = "cache" if "cache" in inspect.signature(causal_lm(self.model).forward).parameters else "past_key_values"
+        # Encode the prompts' common prefix once per generate call (see shared_prefix_length).
+        self.share_prefix = True
+        self._reference: Any = None
+        self.optimizer: Any = None
+        self.scheduler: Any = None
+        self.version = 0
+
+    # ------------------------------------------------------------------ tokens
+
+    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+        return self.chat.prompt(messages)
+
+    def encode_observation(self, messages: Sequence[Message], *, after_stop: bool) -> list[int]:
+        return self.chat.observation(messages, after_stop=after_stop)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+
+    def render(self, token_ids: Sequence[int]) -> str:
+        """The ids as text with the chat template's special tokens (trajectory files)."""
+        return self.tokenizer.decode(list(token_ids))
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the input embedding: every valid token id is below this."""
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    # ------------------------------------------------------------------ sampling
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        temperature: float,
+        top_p: float = 1.0,
+        max_new_tokens: int,
+        generator: Any = None,
+        stop: Sequence[str] = (),
+    ) -> list[Generation]:
+        """Sample one continuation per prompt (left-padded batch, KV cache).
+
+        ``temperature == 0`` is greedy. A row also ends once its decoded text contains one of
+        the ``stop`` strings (kept in the reply; ``finish_reason == "stop_string"``).
+        ``generator`` (a CPU ``torch.Generator``, or a list with one per prompt) defaults to the
+        backend's own, whose state is checkpointed. Log-probs are under the temperature-scaled
+        full distribution (before top-p truncation), which is what training recomputes. When
+        the prompts share a prefix of at least ``MIN_SHARED_PREFIX`` tokens (``share_prefix``),
+        it is encoded once and its KV cache copied to every row.
+        """
+        import torch
+
+        if not prompts:
+            return []
+        model = self.model
+        was_training = model.training
+        model.eval()
+        batch = len(prompts)
+        shared = shared_prefix_length(prompts) if self.share_prefix and batch > 1 else 0
+        ids, mask, positions = self._left_padded([p[shared:] for p in prompts], offset=shared)
+        stop_ids = torch.tensor(self.stop_ids, device=self.device)
+        out_ids = torch.zeros((batch, max_new_tokens), dtype=torch.long)
+        out_lp = torch.zeros((batch, max_new_tokens), dtype=torch.float32)
+        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)
+        stop_strings = StopStrings(self.tokenizer, stop, batch) if stop else None
+        cache = None
+        step_ids, step_pos = ids, positions
+        try:
+            with torch.no_grad():
+                if shared:
+                    # The prompts' common prefix (system prompt, worked examples) is encoded once
+                    # and its KV cache copied to every row; rows then read [prefix | pad | suffix].
+                    prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=self.device)
+                    out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
+                    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                    if hasattr(cache, "batch_repeat_interleave"):
+                        cache.batch_repeat_interleave(batch)
+                    else:  # a cache type that cannot be copied per row: encode whole prompts
+                        cache, shared = None, 0
+                        step_ids, mask, step_pos = self._left_padded(prompts, offset=0)
+                if shared:
+                    mask = torch.cat([torch.ones((batch, shared), dtype=mask.dtype, device=self.device), mask], dim=1)
+                for t in range(max_new_tokens):
+                    kwargs = {self._cache_kw: cache} if cache is not None else {}
+                    out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                                use_cache=True, logits_to_keep=1, **kwargs)
+                    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                    logits = out.logits[:, -1, :].float()
+                    token, logprob = self._sample(logits, temperature, top_p, generator or self.generator)
+                    token = torch.where(finished, torch.full_like(token, self.pad_id), token)
+                    out_ids[:, t] = token.cpu()
+                    out_lp[:, t] = logprob.cpu()
+                    just_stopped = ~finished & torch.isin(token, stop_ids)
+                    lengths[just_stopped.cpu()] = t + 1
+                    finished |= just_stopped
+                    if stop_strings is not None:
+                        hit = stop_strings.update(out_ids[:, t], finished.cpu())
+                        if hit.any():
+                            lengths[hit] = t + 1
+                            finished |= hit.to(finished.device)
+                    if bool(finished.all()):
+                        break
+                    step_ids = token[:, None]
+                    step_pos = step_pos[:, -1:] + 1
+                    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        finally:
+            model.train(was_training)
+        results = []
+        finished_cpu = finished.cpu()
+        for row in range(batch):
+            n = int(lengths[row])
+            results.append(Generation(
+                token_ids=tuple(int(x) for x in out_ids[row, :n]),
+                logprobs=tuple(float(x) for x in out_lp[row, :n]),
+                finish_reason=("stop_string" if stop_strings is not None and stop_strings.hit[row] else
+                               "stop" if bool(finished_cpu[row]) else "length"),
+            ))
+        return results
+
+    def _left_padded(self, rows: Sequence[Sequence[int]], offset: int) -> tuple[Any, Any, Any]:
+        """``(ids, mask, positions)`` ``[batch, longest]`` of left-padded rows whose first token
+        sits at position ``offset`` (after a shared prefix of that length)."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return ids, mask, offset + (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def _sample(self, logits: Any, temperature: float, top_p: float, generator: Any) -> tuple[Any, Any]:
+        import torch
+
+        if temperature == 0:
+            token = logits.argmax(-1)
+            return token, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
+        logprobs = torch.log_softmax(logits / temperature, -1)
+        probs = logprobs.exp()
+        if top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < top_p
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
+        if isinstance(generator, (list, tuple)):  # one generator per row: noise independent of the batch
+            cpu = probs.cpu()
+            token = torch.cat([torch.multinomial(cpu[i:i + 1], 1, generator=g)[0] for i, g in enumerate(generator)])
+            token = token.to(logits.device)
+        else:
+            token = torch.multinomial(probs.cpu(), 1, generator=generator)[:, 0].to(logits.device)
+        return token, logprobs.gather(-1, token[:, None])[:, 0]
+
+    # ------------------------------------------------------------------ training forward
+
+    def token_logprobs(self, batch: Any, *, temperature: float, with_entropy: bool = False,
+                       reference: bool = False, with_hidden: bool = False) -> tuple[Any, ...]:
+        """Log-probs (and entropy) of the policy tokens of a packed batch.
+
+        Args:
+            batch: ``agent_lightning.loop.batch.PackedBatch``.
+            temperature: The sampling temperature (logits are divided by it).
+            with_entropy: Also return the per-token entropy.
+            reference: Use the frozen reference policy (no gradient).
+            with_hidden: Also return, third, the final hidden states that predict the policy
+                tokens, ``[N, H]`` in the model's dtype (for a value head).
+
+        Returns:
+            ``(logprobs [N], entropy [N] | None)`` float32 over the batch's policy tokens in
+            stream order, ``N = batch.policy_index.numel()``.
+        """
+        import contextlib
+
+        import torch
+
+        from agent_lightning import ops
+
+        from agent_lightning.backends.transformers import modeling
+
+        model = self.reference_model() if reference else self.model
+        context = torch.no_grad() if reference else contextlib.nullcontext()
+        if reference and self.is_lora:
+            context_adapter = self.model.disable_adapter()
+        else:
+            context_adapter = contextlib.nullcontext()
+        with context, context_adapter:
+            hidden = modeling.final_hidden_states(
+                model, batch.input_ids.to(self.device), batch.position_ids.to(self.device),
+                batch.cu_seqlens.to(self.device),
+            )
+            head = modeling.output_head(model)  # weight, bias, logit scale, soft-cap of the family
+            index = batch.policy_index.to(self.device)
+            targets = batch.input_ids.to(self.device)[index]
+            out = ops.token_logprobs(hidden[index - 1], head.weight, targets, bias=head.bias,
+                                     logit_scale=head.logit_scale, softcap=head.softcap,
+                                     temperature=temperature, return_entropy=with_entropy)
+        result = (out.logprobs, out.entropy) if with_entropy else (out, None)
+        return (*result, hidden[index - 1]) if with_hidden else result
+
+    def reference_model(self) -> Any:
+        """The frozen reference: the base model with adapters off (LoRA), else a frozen copy."""
+        if self.is_lora:
+            return self.model
+        if self._reference is None:
+            import copy
+
+            self._reference = copy.deepcopy(self.model).eval()
+            for p in self._reference.parameters():
+                p.requires_grad_(False)
+        return self._reference
+
+    # ------------------------------------------------------------------ optimisation
+
+    def trainable_parameters(self) -> list[Any]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def configure_optimizer(self, *, lr: float, weight_decay: float, betas: tuple[float, float],
+                            warmup_steps: int, total_steps: int, schedule: str,
+                            extra_param_groups: Sequence[dict[str, Any]] = ()) -> None:
+        """AdamW over the trainable parameters with a warmup + ``constant|linear|cosine`` schedule.
+
+        ``extra_param_groups``: more AdamW groups (``{"params": [...], "name": str, "lr": ...}``),
+        such as an algorithm's value head or critic: stepped, scheduled, clipped (each group on
+        its own) and checkpointed with the policy."""
+        import torch
+
+        groups = [{"params": self.trainable_parameters()}, *extra_param_groups]
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas, foreach=False)
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(schedule, warmup_steps, total_steps))
+
+    def optimizer_step(self, max_grad_norm: float, *, skip: bool = False) -> dict[str, float]:
+        """Clip (each param group on its own), step, schedule, zero; returns ``grad_norm`` and
+        ``lr`` of the policy, and ``grad_norm_<name>`` of each extra group.
+
+        With ``skip`` (a non-finite loss somewhere), or when a gradient norm is NaN/inf, the
+        gradients are dropped and nothing else changes (no optimizer or schedule step, same
+        ``version``); the result then holds ``skipped: 1.0``.
+        """
+        import torch
+
+        groups = self.optimizer.param_groups
+        lr = groups[0]["lr"]
+        if skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"grad_norm": float("nan"), "lr": float(lr), "skipped": 1.0}
+        limit = max_grad_norm if max_grad_norm > 0 else float("inf")
+        distributed.average_gradients([p for g in groups for p in g["params"]])  # across ranks (torchrun)
+        norms = [distributed.clip_grad_norm_(g["params"], limit) for g in groups]  # torch's, FSDP-aware
+        finite = all(torch.isfinite(n) for n in norms)
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.version += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        extra = {f"grad_norm_{g.get('name', i)}": float(n) for i, (g, n) in enumerate(zip(groups, norms)) if i}
+        return {"grad_norm": float(norms[0]), "lr": float(lr), **extra, **({} if finite else {"skipped": 1.0})}
+
+    def train_mode(self, training: bool) -> None:
+        self.model.train(training)
+
+    # ------------------------------------------------------------------ weights and state
+
+    def weights_state_dict(self) -> dict[str, Any]:
+        """Trainable weights only when LoRA (the adapter), else the whole model."""
+        if self.is_lora:
+            from peft import get_peft_model_state_dict
+
+            return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+
+    def save(self, directory: str) -> None:
+        """Weights as safetensors (adapter only when LoRA), plus optimizer, scheduler and
+        sampling generator state (no pickle)."""
+        from safetensors.torch import save_file
+
+        from agent_lightning.loop.checkpoint import save_state
+
+        path = Path(directory)
+        tensors = self.weights_state_dict()
+        if not self.is_lora:
+            tensors = _dedupe_shared(tensors)
+        save_file(tensors, str(path / (ADAPTER_FILE if self.is_lora else WEIGHTS_FILE)))
+        state = {"version": self.version, "generator": self.generator.get_state()}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+            state["scheduler"] = self.scheduler.state_dict()
+        save_state(state, path / "backend")
+
+    def load(self, directory: str) -> None:
+        """Restore what ``save`` wrote (weights first, then optimizer/scheduler if configured)."""
+        from safetensors.torch import load_file
+
+        from agent_lightning.loop.checkpoint import load_state
+
+        path = Path(directory)
+        if self.is_lora:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(self.model, require_finite(load_file(str(path / ADAPTER_FILE)), path / ADAPTER_FILE))
+        else:
+            tensors = require_finite(load_file(str(path / WEIGHTS_FILE)), path / WEIGHTS_FILE)
+            missing, unexpected = self.model.load_state_dict(tensors, strict=False)
+            missing = [k for k in missing if not _is_tied(self.model, k)]
+            if missing or unexpected:
+                raise ValueError(f"checkpoint {path}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        state = load_state(path / "backend")
+        self.version = int(state["version"])
+        self.generator.set_state(state["generator"])
+        if self.optimizer is not None and "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def describe(self) -> dict[str, Any]:
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        return {"model/parameters": total, "model/trainable_parameters": trainable, "model/device": str(self.device)}
+
+
+def require_finite(tensors: dict[str, Any], source: Path) -> dict[str, Any]:
+    """``tensors`` unchanged, or a ``CheckpointError`` naming ``source`` and the first
+    floating-point tensor that holds NaN or inf."""
+    import torch
+
+    from agent_lightning.loop.checkpoint import CheckpointError
+
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{source}: weight '{name}' holds non-finite values (NaN/inf)")
+    return tensors
+
+
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the token prefix all prompts share, when worth encoding once (at least
+    ``MIN_SHARED_PREFIX`` tokens; else 0). Every prompt keeps at least one token of its own,
+    so each row has a last position to sample from."""
+    first, shortest = prompts[0], min(len(p) for p in prompts)
+    length = 0
+    while length < shortest - 1 and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def _dedupe_shared(tensors: dict[str, Any]) -> dict[str, Any]:
+    """safetensors refuses tensors sharing storage (tied embeddings): keep the first name."""
+    seen: dict[tuple[int, int], str] = {}
+    out = {}
+    for name, tensor in tensors.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen and tensor.numel() > 0:
+            continue
+        seen[key] = name
+        out[name] = tensor
+    return out
+
+
+def _is_tied(model: Any, name: str) -> bool:
+    return bool(getattr(model.config, "tie_word_embeddings", False)) and "lm_head" in name
+
+
+def create_backend(model_config: ModelConfig, backend_config: BackendConfig, *, seed: int = 0) -> TransformersBackend:
+    return TransformersBackend(model_config, backend_config, seed=seed)
+
+
+create_backend.description = TransformersBackend.description  # type: ignore[attr-defined]
+
+
+@hookimpl
+def register_backends(register):
+    register("transformers", create_backend)
+

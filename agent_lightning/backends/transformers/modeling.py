@@ -1,0 +1,431 @@
+"""Padding-free forward passes through Hugging Face causal LMs.
+
+A training batch is a packed stream of independent sequences: ``input_ids [total]``,
+``position_ids [total]`` restarting at 0 for every sequence and ``cu_seqlens [B+1]``
+(int32 offsets, see :func:`agent_lightning.ops.pack_lengths`). :func:`final_hidden_states`
+runs the decoder over that stream as one ``[1, total]`` row, so no FLOP is spent on padding.
+
+How attention stays within a sequence:
+
+* CPU (and GPU without flash-attn): the attention implementation ``"al_packed"``
+  (registered in ``transformers.AttentionInterface`` and ``AttentionMaskInterface``) calls
+  SDPA once per sequence with a causal mask. Its cost is ``sum(L_i^2)`` instead of
+  ``B * max(L)^2`` (padded) or ``total^2`` (a dense block-diagonal mask).
+* GPU with a ``flash_attention_*`` implementation chosen at load time: the model's own
+  varlen path is used, fed by ``position_ids`` and the ``cu_seq_lens_*`` keyword arguments.
+
+**The switch is permanent.** The first :func:`final_hidden_states` call sets the model's
+attention implementation to ``"al_packed"`` (``set_attn_implementation``) and leaves it set;
+call :func:`use_packed_attention` at load time to do it up front. ``"al_packed"`` is a
+superset of ``"sdpa"``: any call that is not a packed row (a padded batch with an attention
+mask, generation with a KV cache) is handed to transformers' own SDPA attention with the mask
+transformers builds for SDPA, so generation and padded forwards give the same results as
+before. Restoring the old implementation after each call would be wrong under gradient
+checkpointing: the backward pass re-runs each layer's forward and must see packed attention
+again. Models whose attention cannot be switched (not written against ``AttentionInterface``)
+fall back to a padded forward (pad -> attention mask -> unpad): same hidden states, padding cost.
+Attention logit soft-capping (Gemma 2's ``attn_logit_softcapping``), which SDPA cannot do, is
+computed per sequence in plain torch (the eager formula), packed or not.
+
+From hidden states to logits: :func:`output_head` gives the lm head's weight and bias plus the
+transforms some families apply after it (a logit scale, a final soft-cap), everything
+``agent_lightning.ops.token_logprobs`` needs to reproduce ``model(...).logits`` exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import torch
+
+PACKED_ATTENTION = "al_packed"
+
+# Families whose causal LM scales the lm-head output (model_type -> (config attribute, divide?)).
+# The final soft-cap needs no table: every family that has one reads ``final_logit_softcapping``.
+LOGIT_SCALES: dict[str, tuple[str, bool]] = {
+    "cohere": ("logit_scale", False),  # logits * logit_scale
+    "cohere2": ("logit_scale", False),
+    "granite": ("logits_scaling", True),  # logits / logits_scaling
+    "granitemoe": ("logits_scaling", True),
+    "granitemoeshared": ("logits_scaling", True),
+    "hyperclovax": ("logits_scaling", False),  # logits * logits_scaling (MuP)
+}
+
+_lock = threading.Lock()
+_registered = False
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers causal LM inside ``model`` (a ``PeftModel`` is unwrapped, LoRA layers stay active)."""
+    get_base = getattr(model, "get_base_model", None)
+    if callable(get_base):
+        return get_base()
+    return model
+
+
+def decoder(model: Any) -> Any:
+    """The decoder stack (``LlamaModel``, ``Qwen2Model``...) whose output is the final-normed hidden state."""
+    lm = causal_lm(model)
+    inner = getattr(lm, "base_model", None)
+    if inner is None or inner is lm:
+        raise TypeError(
+            f"{type(lm).__name__} has no separate decoder (base_model); final_hidden_states needs a "
+            "transformers *ForCausalLM model or a peft PeftModel wrapping one"
+        )
+    return inner
+
+
+def lm_head(model: Any) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+    """The output projection of ``model``: ``(weight [V, H], bias [V] or None)``.
+
+    Uses ``get_output_embeddings()``, so tied embeddings return the shared embedding matrix and
+    a peft-wrapped model returns its base model's head.
+    """
+    lm = causal_lm(model)
+    head = lm.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        raise TypeError(f"{type(lm).__name__} has no output embeddings (get_output_embeddings() returned {head!r})")
+    return head.weight, getattr(head, "bias", None)
+
+
+class OutputHead(NamedTuple):
+    """How a causal LM turns its final hidden state ``h [.., H]`` into logits::
+
+        y = h @ weight.T + bias;  y = y * logit_scale;  logits = softcap * tanh(y / softcap)
+
+    (the last step only when ``softcap`` is set) — the arguments of the same names of
+    ``agent_lightning.ops.token_logprobs``.
+    """
+
+    weight: "torch.Tensor"
+    """``[V, H]`` lm-head weight (the embedding matrix when embeddings are tied)."""
+    bias: "torch.Tensor | None"
+    """``[V]`` lm-head bias (Phi), or ``None``."""
+    logit_scale: float
+    """Multiplies the lm-head output (Cohere ``logit_scale``, Granite ``1 / logits_scaling``)."""
+    softcap: float | None
+    """Final logit soft-cap (Gemma 2/3 ``final_logit_softcapping``), or ``None``."""
+
+
+def output_head(model: Any) -> OutputHead:
+    """The lm head of ``model`` (a causal LM or a peft wrapper) with its family's logit transforms.
+
+    The weight and bias come from :func:`lm_head`; the soft-cap from the config's
+    ``final_logit_softcapping``; the scale from :data:`LOGIT_SCALES` by ``config.model_type``.
+    """
+    lm = causal_lm(model)
+    weight, bias = lm_head(model)
+    config = lm.config
+    softcap = getattr(config, "final_logit_softcapping", None)
+    scale = 1.0
+    rule = LOGIT_SCALES.get(getattr(config, "model_type", ""))
+    if rule is not None:
+        attr, divide = rule
+        value = float(getattr(config, attr))
+        scale = 1.0 / value if divide else value
+    return OutputHead(weight, bias, scale, None if softcap is None else float(softcap))
+
+
+def _segment_sizes(query: "torch.Tensor", cu_seq_lens_q: "torch.Tensor | None", position_ids: "torch.Tensor | None"):
+    """Sequence lengths of the packed row: from ``cu_seq_lens_q``, else from restarts of ``position_ids``."""
+    import torch
+
+    total = query.shape[2]
+    if cu_seq_lens_q is not None:
+        bounds = cu_seq_lens_q.tolist()
+        if bounds[-1] != total:
+            raise ValueError(f"packed attention: cu_seq_lens_q ends at {bounds[-1]} but the row has {total} tokens")
+        return [end - start for start, end in zip(bounds[:-1], bounds[1:])]
+    if position_ids is None:
+        return [total]
+    starts = torch.nonzero(position_ids.reshape(-1) == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    return [end - start for start, end in zip(starts, [*starts[1:], total])]
+
+
+def packed_sdpa_attention(
+    module: Any,
+    query: "torch.Tensor",
+    key: "torch.Tensor",
+    value: "torch.Tensor",
+    attention_mask: "torch.Tensor | None",
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    cu_seq_lens_q: "torch.Tensor | None" = None,
+    position_ids: "torch.Tensor | None" = None,
+    **kwargs: Any,
+) -> tuple["torch.Tensor", None]:
+    """The ``"al_packed"`` attention: causal attention restricted to each sequence of a packed row.
+
+    A packed row is one batch row (``query.shape[0] == 1``) without attention mask or KV-cache
+    prefix; its sequences come from ``cu_seq_lens_q`` or, failing that, from where
+    ``position_ids`` restart at 0. Anything else is delegated to transformers' SDPA attention.
+
+    Args:
+        module: The attention module (its ``num_key_value_groups`` is used by the SDPA delegate).
+        query: ``[batch, H, q_len, D]``.
+        key, value: ``[batch, Hkv, kv_len, D]`` (grouped-query attention when ``Hkv < H``).
+        attention_mask: ``None`` for a packed row; the SDPA mask built by transformers otherwise.
+        scaling: Softmax scale (``D**-0.5`` when ``None``).
+        dropout: Attention dropout probability (training mode only).
+        sliding_window: Attend to at most this many most recent tokens (incl. itself), when set.
+        softcap (keyword): Attention logit soft-cap ``c`` (scores become ``c * tanh(s / c)``), when set.
+        cu_seq_lens_q: ``[B+1]`` integer offsets of the sequences in the packed row.
+        position_ids: ``[1, q_len]`` positions (restart at 0 per sequence).
+
+    Returns:
+        ``(attn_output [batch, q_len, H, D], None)``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    softcap = kwargs.pop("softcap", None)
+    packed_row = attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
+    if not packed_row:
+        if cu_seq_lens_q is not None:
+            raise ValueError(
+                "packed attention got cu_seq_lens_q together with an attention mask, a batch of "
+                f"{query.shape[0]} rows or a KV-cache prefix; a packed batch is one row without mask or cache"
+            )
+        if softcap is not None:
+            return _softcap_attention(module, query, key, value, _allowed(module, query, key, attention_mask),
+                                      scaling, dropout, softcap), None
+        from transformers import AttentionInterface
+
+        sdpa = AttentionInterface()["sdpa"]
+        return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                    position_ids=position_ids, **kwargs)
+    sizes = _segment_sizes(query, cu_seq_lens_q, position_ids)
+    gqa = key.shape[1] != query.shape[1]
+    # One split per tensor (not a slice per sequence): its backward is a single concatenation,
+    # where per-slice autograd would materialise a full-size zero gradient for every sequence.
+    outputs = []
+    for q, k, v in zip(*(t.split(sizes, dim=2) for t in (query, key, value))):
+        length = q.shape[2]
+        if length == 0:
+            continue
+        mask = None
+        if sliding_window is not None and length > sliding_window or softcap is not None:
+            idx = torch.arange(length, device=query.device)
+            diff = idx[:, None] - idx[None, :]
+            mask = (diff >= 0) & (diff < (sliding_window or length))
+        if softcap is not None:
+            outputs.append(_softcap_attention(module, q, k, v, mask, scaling, dropout, softcap))
+            continue
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scaling, enable_gqa=gqa
+        )
+        outputs.append(out.transpose(1, 2))  # [1, L, H, D]
+    return torch.cat(outputs, dim=1), None
+
+
+def _allowed(module: Any, query: "torch.Tensor", key: "torch.Tensor",
+             attention_mask: "torch.Tensor | None") -> "torch.Tensor | None":
+    """The SDPA-style mask as booleans (True: attend) for :func:`_softcap_attention`.
+
+    ``None`` means what it means to SDPA in transformers: causal when the query has more than
+    one token (aligned to the end of the keys, i.e. after a cache prefix), else everything.
+    An additive float mask is kept as it is.
+    """
+    import torch
+
+    if attention_mask is not None:
+        return attention_mask
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if q_len == 1 or not getattr(module, "is_causal", True):
+        return None
+    idx_q = torch.arange(q_len, device=query.device)[:, None] + (kv_len - q_len)
+    return idx_q >= torch.arange(kv_len, device=query.device)[None, :]
+
+
+def _softcap_attention(module: Any, query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor",
+                       allowed: "torch.Tensor | None", scaling: float | None, dropout: float,
+                       softcap: float) -> "torch.Tensor":
+    """Eager attention with logit soft-capping (what SDPA cannot do).
+
+    Args:
+        query: ``[b, H, q, D]``; key, value: ``[b, Hkv, k, D]`` (``H`` a multiple of ``Hkv``).
+        allowed: Bool mask broadcastable to ``[b, H, q, k]`` (True: attend), an additive float
+            mask, or ``None`` (no masking).
+        softcap: Scores become ``softcap * tanh(scores / softcap)`` before masking.
+
+    Returns:
+        ``[b, q, H, D]``. Softmax in float32; masked scores get the dtype's minimum (as
+        transformers' eager masks do), so a fully masked row is uniform rather than NaN.
+    """
+    import torch
+
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if allowed is not None:
+        if allowed.dtype == torch.bool:
+            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + allowed
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout and module.training:
+        probs = torch.nn.functional.dropout(probs, p=dropout)
+    return torch.matmul(probs, value).transpose(1, 2)
+
+
+def packed_attention_mask(batch_size: int, q_length: int, kv_length: int, *args: Any,
+                          attention_mask: "torch.Tensor | None" = None, **kwargs: Any) -> "torch.Tensor | None":
+    """Mask builder for ``"al_packed"``: none for a single unmasked row (the attention finds the
+    sequences itself), transformers' SDPA mask for everything else."""
+    if attention_mask is None and batch_size == 1:
+        return None
+    from transformers import AttentionMaskInterface
+
+    return AttentionMaskInterface()["sdpa"](batch_size, q_length, kv_length, *args,
+                                            attention_mask=attention_mask, **kwargs)
+
+
+def register_packed_attention() -> None:
+    """Register ``"al_packed"`` with transformers' attention and mask interfaces (idempotent)."""
+    global _registered
+    with _lock:
+        if _registered:
+            return
+        from transformers import AttentionInterface, AttentionMaskInterface
+
+        AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
+        AttentionMaskInterface.register(PACKED_ATTENTION, packed_attention_mask)
+        _registered = True
+
+
+def use_packed_attention(model: Any) -> bool:
+    """Switch ``model`` (a causal LM or a peft wrapper) to ``"al_packed"`` attention, for good.
+
+    Returns:
+        ``True`` when the model now uses packed attention (or already did); ``False`` when its
+        attention cannot be switched (then :func:`final_hidden_states` pads instead).
+    """
+    lm = causal_lm(model)
+    if attention_implementation(lm) == PACKED_ATTENTION:
+        return True
+    if not _can_switch_attention(lm):
+        return False
+    register_packed_attention()
+    with _lock:
+        if attention_implementation(lm) != PACKED_ATTENTION:
+            lm.set_attn_implementation(PACKED_ATTENTION)
+    return True
+
+
+def attention_implementation(lm: Any) -> str | None:
+    """The attention implementation a transformers model runs (``"sdpa"``, ``"eager"``,
+    ``"flash_attention_2"``, ``"al_packed"``...), as ``set_attn_implementation`` set it.
+
+    Private API, isolated here: transformers has no public getter for it (checked against
+    transformers 5.25: ``attn_implementation`` is only a ``from_pretrained``/config keyword;
+    the value lives in the config property ``_attn_implementation``, which the models read).
+    """
+    return lm.config._attn_implementation
+
+
+def _uses_flash_varlen(lm: Any, device: "torch.device") -> bool:
+    impl = attention_implementation(lm) or ""
+    return device.type == "cuda" and impl.startswith("flash_attention")
+
+
+def _can_switch_attention(lm: Any) -> bool:
+    """Whether ``lm``'s attention can be switched after loading (models written against
+    ``AttentionInterface`` can).
+
+    Private API, isolated here: transformers has no public form of this check (checked
+    against transformers 5.25, where it is the classmethod
+    ``PreTrainedModel._can_set_attn_implementation``, present since 4.56); the public
+    ``set_attn_implementation`` only logs a warning and leaves the model as it was when it
+    cannot switch. A transformers without the method counts as "cannot".
+    """
+    check = getattr(lm, "_can_set_attn_implementation", None)
+    return bool(check()) if callable(check) else False
+
+
+def _check_packed_inputs(input_ids: "torch.Tensor", position_ids: "torch.Tensor", cu_seqlens: "torch.Tensor") -> None:
+    if input_ids.ndim != 1 or position_ids.shape != input_ids.shape:
+        raise ValueError(
+            "final_hidden_states expects flat input_ids [total] and position_ids [total]; got "
+            f"{tuple(input_ids.shape)} and {tuple(position_ids.shape)}"
+        )
+    if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be [B+1] with B >= 1, got shape {tuple(cu_seqlens.shape)}")
+    last = int(cu_seqlens[-1])
+    if last != input_ids.numel():
+        raise ValueError(f"cu_seqlens[-1]={last} but input_ids has {input_ids.numel()} tokens")
+
+
+def padded_hidden_states(
+    model: Any, input_ids: "torch.Tensor", cu_seqlens: "torch.Tensor"
+) -> "torch.Tensor":
+    """Reference path: pad the packed batch, run the decoder with an attention mask, unpad.
+
+    Args:
+        input_ids: ``int64 [total]`` packed tokens.
+        cu_seqlens: ``int32 [B+1]`` offsets.
+
+    Returns:
+        ``[total, H]`` final hidden states, same order as ``input_ids``.
+    """
+    import torch
+
+    from agent_lightning.ops.packing import pad_packed, unpad
+
+    ids = pad_packed(input_ids, cu_seqlens, pad_value=0)  # [B, Tmax]
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
+    mask = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None].to(ids.device)
+    out = decoder(model)(input_ids=ids, attention_mask=mask.to(torch.int64), use_cache=False)
+    return unpad(out.last_hidden_state, cu_seqlens)
+
+
+def final_hidden_states(
+    model: Any,
+    input_ids: "torch.Tensor",
+    position_ids: "torch.Tensor",
+    cu_seqlens: "torch.Tensor",
+) -> "torch.Tensor":
+    """Final hidden states (after the last norm) of a packed batch of independent sequences.
+
+    Args:
+        model: A transformers causal LM, or a peft ``PeftModel`` wrapping one.
+        input_ids: ``int64 [total]`` the sequences back to back.
+        position_ids: ``int64 [total]`` restarting at 0 at every sequence start.
+        cu_seqlens: ``int32 [B+1]`` offsets; sequence ``b`` is ``[cu_seqlens[b], cu_seqlens[b+1])``.
+
+    Returns:
+        ``[total, H]`` in the model's dtype; row ``t`` is the hidden state that predicts token
+        ``t + 1`` of the same sequence. Differentiable w.r.t. the model's trainable parameters.
+    """
+    _check_packed_inputs(input_ids, position_ids, cu_seqlens)
+    lm = causal_lm(model)
+    dec = decoder(model)
+    row_ids = input_ids.unsqueeze(0)
+    row_pos = position_ids.unsqueeze(0)
+    max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if _uses_flash_varlen(lm, input_ids.device):
+        import torch
+
+        cu = cu_seqlens.to(device=input_ids.device, dtype=torch.int32)
+        out = dec(
+            input_ids=row_ids,
+            position_ids=row_pos,
+            use_cache=False,
+            cu_seq_lens_q=cu,
+            cu_seq_lens_k=cu,
+            max_length_q=max_len,
+            max_length_k=max_len,
+        )
+        return out.last_hidden_state[0]
+    if not use_packed_attention(model):
+        return padded_hidden_states(model, input_ids, cu_seqlens)
+    out = dec(input_ids=row_ids, position_ids=row_pos, use_cache=False, cu_seq_lens_q=cu_seqlens, max_length_q=max_len)
+    return out.last_hidden_state[0]

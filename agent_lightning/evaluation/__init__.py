@@ -1,0 +1,1 @@
+"""Evaluation across checkpoints: the harness, statistics, and reports."""

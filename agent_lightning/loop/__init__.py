@@ -1,0 +1,1 @@
+"""The training loop: trainer, rollouts, batches, scoring, checkpoints, replay, graceful stop."""

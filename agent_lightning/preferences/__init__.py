@@ -1,0 +1,1 @@
+"""Preference data (JSONL pairs) and Bradley-Terry reward-model training."""

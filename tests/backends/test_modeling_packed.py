@@ -1,0 +1,209 @@
+"""Padding-free forward (agent_lightning.backends.transformers.modeling) against the model's own padded forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from agent_lightning.backends.transformers.modeling import PACKED_ATTENTION, final_hidden_states, lm_head  # noqa: E402
+from agent_lightning.ops.packing import pack_lengths  # noqa: E402
+
+VOCAB = 53
+
+
+def tiny_model(family: str, seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        attn_implementation="sdpa",
+    )
+    if family == "llama":
+        config = transformers.LlamaConfig(**common, tie_word_embeddings=False)
+        model = transformers.LlamaForCausalLM(config)
+    elif family == "qwen2":
+        config = transformers.Qwen2Config(**common, tie_word_embeddings=True)
+        model = transformers.Qwen2ForCausalLM(config)
+    else:  # pragma: no cover
+        raise ValueError(family)
+    return model.float().eval()
+
+
+def with_lora(model):
+    peft = pytest.importorskip("peft")
+    # init_lora_weights=False: B is random, so the adapters really change the output.
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    return peft.get_peft_model(model, cfg)
+
+
+def random_batch(lengths: list[int], seed: int):
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(0, VOCAB, (n,), generator=g) for n in lengths]
+    layout = pack_lengths(torch.tensor(lengths))
+    return seqs, torch.cat(seqs), layout
+
+
+def packed_logprobs(model, flat_ids, layout):
+    hidden = final_hidden_states(model, flat_ids, layout.position_ids, layout.cu_seqlens)
+    weight, bias = lm_head(model)
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    # Row t predicts token t+1 of the same sequence; the last row of each sequence predicts nothing.
+    out = []
+    cu = layout.cu_seqlens.tolist()
+    for s, e in zip(cu[:-1], cu[1:]):
+        tgt = flat_ids[s + 1 : e]
+        out.append(logp[s : e - 1].gather(-1, tgt[:, None])[:, 0])
+    return out
+
+
+def padded_logprobs(model, seqs):
+    """Ground truth: the model's own forward on a right-padded batch with an attention mask."""
+    tmax = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), tmax, dtype=torch.long)
+    mask = torch.zeros(len(seqs), tmax, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = s
+        mask[i, : len(s)] = 1
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return [logp[i, : len(s) - 1].gather(-1, s[1:, None])[:, 0] for i, s in enumerate(seqs)]
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_packed_logprobs_equal_padded(family, lora):
+    model = tiny_model(family, seed=3)
+    if lora:
+        model = with_lora(model)
+    lengths = [1, 17, 5, 1, 33, 2, 9]
+    seqs, flat, layout = random_batch(lengths, seed=11)
+    config = model.get_base_model().config if lora else model.config
+    assert config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        want = padded_logprobs(model, seqs)  # before the switch: transformers' own SDPA path
+        got = packed_logprobs(model, flat, layout)
+        assert config._attn_implementation == PACKED_ATTENTION  # the switch is permanent
+        again = padded_logprobs(model, seqs)  # padded calls are delegated to SDPA afterwards
+    for i, (g, w, a) in enumerate(zip(got, want, again)):
+        assert g.shape == w.shape, i
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"sequence {i} (length {lengths[i]})")
+        torch.testing.assert_close(a, w, rtol=0, atol=1e-6, msg=f"padded sequence {i} after the switch")
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_gradients_equal_padded(checkpointing):
+    model = with_lora(tiny_model("llama", seed=5))
+    if checkpointing:
+        # The backward pass re-runs every layer's forward: it must attend within sequences again.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+    lengths = [4, 1, 21, 8]
+    seqs, flat, layout = random_batch(lengths, seed=2)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    loss_ref = torch.cat(padded_logprobs(model, seqs)).sum()  # before the switch to packed attention
+    g_padded = torch.autograd.grad(loss_ref, params)
+    loss = torch.cat(packed_logprobs(model, flat, layout)).sum()
+    g_packed = torch.autograd.grad(loss, params)
+    torch.testing.assert_close(loss, loss_ref, rtol=0, atol=1e-4)
+    for a, b in zip(g_packed, g_padded):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sequences_do_not_see_each_other():
+    """Changing one sequence's tokens must leave every other sequence's hidden states unchanged."""
+    model = tiny_model("llama", seed=1)
+    lengths = [6, 1, 9]
+    _, flat, layout = random_batch(lengths, seed=4)
+    with torch.no_grad():
+        h1 = final_hidden_states(model, flat, layout.position_ids, layout.cu_seqlens)
+        flat2 = flat.clone()
+        flat2[7:] = (flat2[7:] + 1) % VOCAB  # the third sequence only
+        h2 = final_hidden_states(model, flat2, layout.position_ids, layout.cu_seqlens)
+    torch.testing.assert_close(h1[:7], h2[:7], rtol=0, atol=0)
+    assert not torch.allclose(h1[7:], h2[7:])
+
+
+def test_lm_head_tied_and_peft():
+    qwen = tiny_model("qwen2")
+    w, b = lm_head(qwen)
+    assert w.data_ptr() == qwen.get_input_embeddings().weight.data_ptr() and b is None
+    llama = with_lora(tiny_model("llama"))
+    w, b = lm_head(llama)
+    assert w.shape == (VOCAB, 64) and b is None
+
+
+def test_bad_inputs_are_named():
+    model = tiny_model("llama")
+    layout = pack_lengths(torch.tensor([3, 2]))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        final_hidden_states(model, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), layout.cu_seqlens)
+    with pytest.raises(ValueError, match="flat input_ids"):
+        final_hidden_states(model, torch.zeros(1, 5, dtype=torch.long), layout.position_ids, layout.cu_seqlens)
+
+
+def test_packed_attention_is_registered_name():
+    assert PACKED_ATTENTION == "al_packed"
+
+
+def test_cpu_path_is_really_packed(monkeypatch):
+    """The CPU path must not fall back to padding, and must call the packed attention per layer."""
+    import agent_lightning.backends.transformers.modeling as modeling
+
+    def no_padding(*args, **kwargs):
+        raise AssertionError("fell back to the padded path")
+
+    calls = []
+    real = modeling.packed_sdpa_attention
+
+    def spy(module, query, *args, **kwargs):
+        calls.append(query.shape)
+        return real(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(modeling, "padded_hidden_states", no_padding)
+    modeling.register_packed_attention()  # so that the spy below is not overwritten by the first call
+    transformers.AttentionInterface.register(PACKED_ATTENTION, spy)
+    try:
+        model = tiny_model("qwen2")
+        _, flat, layout = random_batch([3, 1, 4], seed=0)
+        with torch.no_grad():
+            final_hidden_states(model, flat, layout.position_ids, layout.cu_seqlens)
+    finally:
+        transformers.AttentionInterface.register(PACKED_ATTENTION, real)
+    assert [tuple(s) for s in calls] == [(1, 4, 8, 16)] * 2  # one packed row, 2 layers
+
+
+def test_packed_row_without_cu_seqlens_uses_position_ids():
+    """A decoder call on a packed row with restarting position_ids (no cu_seqlens kwarg), as a
+    plain transformers forward would make it, also stays within sequences."""
+    from agent_lightning.backends.transformers.modeling import decoder, use_packed_attention
+
+    model = tiny_model("qwen2", seed=2)
+    _, flat, layout = random_batch([5, 1, 8], seed=6)
+    with torch.no_grad():
+        want = final_hidden_states(model, flat, layout.position_ids, layout.cu_seqlens)
+        assert use_packed_attention(model)
+        got = decoder(model)(input_ids=flat[None], position_ids=layout.position_ids[None]).last_hidden_state[0]
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_generation_unchanged_by_packed_attention():
+    from agent_lightning.backends.transformers.modeling import use_packed_attention
+
+    model = tiny_model("llama", seed=8)
+    prompt = torch.tensor([[3, 5, 7, 11], [0, 0, 2, 4]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])  # left padding, as generate expects
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        want = model.generate(prompt, **kwargs)
+        assert use_packed_attention(model)
+        got = model.generate(prompt, **kwargs)
+    assert torch.equal(got, want)
