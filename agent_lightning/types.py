@@ -394,8 +394,9 @@ class Tracker(Protocol):
     # ``log_trajectories(step, records)``: the step's sampled trajectories, as written to
     #     ``trajectories/step-N.jsonl``.
     # ``log_checkpoint(step, path)``: a checkpoint folder was published.
-    # ``display_only`` (bool, default False): True for trackers that only print (``console``);
-    #     results computed after the run (``alightning eval``) are not sent to them.
+    # ``display_only`` (bool class attribute, default False): True for trackers that only print
+    #     (``console``); results computed after the run (``alightning eval``) are not sent to
+    #     them, and they are not even created for it (read from the registered factory).
 
 
 OPTIONAL: dict[type, tuple[str, ...]] = {

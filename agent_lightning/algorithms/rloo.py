@@ -45,6 +45,7 @@ class RLOO:
         self.pg = training.PolicyGradient(RLOOConfig, options)
         self.config: RLOOConfig = self.pg.config
         self.group_size = self.config.group_size
+        self.loss = self.pg.loss  # the clipped surrogate of one micro-batch and its diagnostics
 
     def setup(self, backend: Backend, *, total_steps: int, temperature: float) -> None:
         """Create the optimizer; remember the sampling temperature for log-prob recomputation."""
@@ -87,19 +88,10 @@ class RLOO:
         info["advantage_abs_mean"] = float(adv.abs().mean())
         return dataclasses.replace(batch, advantages=adv, extras=extras), info
 
-    def loss(self, backend: Backend, batch: PackedBatch, norm_tokens: int) -> tuple[Any, dict[str, Any]]:
-        """The clipped surrogate of one micro-batch (KL to the reference in the loss with
-        ``kl_mode: loss``) and its detached diagnostics."""
-        c = self.config
-        ref = batch.extras["ref_logprobs"] if c.kl_coef > 0 and c.kl_mode == "loss" else None
-        return self.pg.loss(backend, batch, norm_tokens, ref)
-
     def update(self, backend: Backend, batch: PackedBatch | None) -> dict[str, float]:
-        """Leave-one-out advantages, then ``epochs`` x ``minibatches`` optimizer steps."""
-        if batch is None or batch.num_policy_tokens == 0:
-            return {}
-        batch, info = self.advantages(backend, batch)
-        return self.pg.optimize(backend, batch, self.loss, info)
+        """Leave-one-out advantages, then ``epochs`` x ``minibatches`` optimizer steps of the clipped surrogate
+        (``training.PolicyGradient.loss``: KL to the reference in the loss with ``kl_mode: loss``)."""
+        return self.pg.update(backend, batch, self.advantages)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

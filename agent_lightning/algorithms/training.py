@@ -302,14 +302,26 @@ class PolicyGradient:
         """The batch's policy tokens' log-probs under the frozen reference, float32 ``[N]``."""
         return reference_logprobs(backend, batch, self.temperature, self.config.micro_batch_tokens)
 
-    def loss(self, backend: Backend, batch: "PackedBatch", norm_tokens: int,
-             ref_logprobs: "torch.Tensor | None" = None) -> "tuple[torch.Tensor, dict[str, Any]]":
+    def loss(self, backend: Backend, batch: "PackedBatch", norm_tokens: int) -> "tuple[torch.Tensor, dict[str, Any]]":
         """The clipped-surrogate loss of one micro-batch (``common.policy_loss``) at the sampling
-        temperature, with the KL to ``ref_logprobs`` in the loss when given."""
+        temperature; with ``kl_mode: loss`` and ``kl_coef > 0``, plus the KL to the reference
+        log-probs that the algorithm's ``advantages`` stored in ``extras["ref_logprobs"]``."""
         from agent_lightning.algorithms import common
 
+        c = self.config
+        kl_in_loss = c.kl_coef > 0 and getattr(c, "kl_mode", "reward") == "loss"
+        ref = batch.extras["ref_logprobs"] if kl_in_loss else None
         logp, entropy = backend.token_logprobs(batch, temperature=self.temperature, with_entropy=True)
-        return common.policy_loss(logp, entropy, batch, norm_tokens, self.config, ref_logprobs)
+        return common.policy_loss(logp, entropy, batch, norm_tokens, self.config, ref)
+
+    def update(self, backend: Backend, batch: "PackedBatch | None",
+               advantages: Callable[[Backend, "PackedBatch"], "tuple[PackedBatch, dict[str, float]]"]) -> dict[str, float]:
+        """``advantages(backend, batch)``, then :meth:`optimize` with :meth:`loss` (RLOO and
+        REINFORCE++: the update of a critic-free algorithm whose advantages need the model)."""
+        if batch is None or batch.num_policy_tokens == 0:
+            return {}
+        batch, info = advantages(backend, batch)
+        return self.optimize(backend, batch, self.loss, info)
 
     def optimize(self, backend: Backend, batch: "PackedBatch", loss_fn: LossFn, info: Mapping[str, float]) -> dict[str, float]:
         """:func:`optimize_sequences` over ``batch`` (its advantages set); the metrics, then

@@ -193,13 +193,13 @@ def log_to_trackers(config: RunConfig, run_dir: Path, results: Sequence[dict[str
     pm = plugin_manager or get_plugin_manager()
     prefix = "ckpt_eval" if split == "eval" else f"ckpt_eval_{split}"
     named = []
+    registry = pm.registries["tracker"]
     for t in config.trackers:
+        if t.name in registry and optional(registry.get(t.name).factory, Tracker, "display_only", False):
+            continue  # declared on the registered class: not even created
         try:
-            tracker = create_component(pm, "tracker", f"trackers[{t.name}]", t.name, run_dir=str(run_dir), **t.options)
-            if optional(tracker, Tracker, "display_only", False):
-                tracker.close()
-                continue
-            named.append((t.name, tracker))
+            named.append((t.name, create_component(pm, "tracker", f"trackers[{t.name}]", t.name, run_dir=str(run_dir),
+                                                   **t.options)))
         except Exception as exc:  # noqa: BLE001 - results are already on disk; a tracker never stops the command
             import warnings
 

@@ -187,8 +187,8 @@ class Trainer:
         failure = distributed.broadcast_object(failure)  # rank 0's outcome, on every rank
         if failure is None:
             return ckpt.checkpoint_dir(self.run_dir) / f"step-{self.step}"
-        previous = ckpt.latest_checkpoint(self.run_dir)
-        kept = f"the last good checkpoint is {previous[1]}" if previous else "no earlier checkpoint exists"
+        previous = self._last_good_checkpoint()
+        kept = f"the last good checkpoint is {previous}" if previous else "no earlier checkpoint exists"
         if self.config.trainer.checkpoint_errors == "warn":
             log.warning("%s; training goes on (trainer.checkpoint_errors=warn); %s", failure, kept)
             return None
@@ -215,6 +215,17 @@ class Trainer:
         if distributed.is_main():
             truncate_metrics(self.run_dir, step)
         return True
+
+    def _last_good_checkpoint(self) -> Path | None:
+        """The newest intact checkpoint, for an abort message (rank 0 looks; ``None`` elsewhere,
+        and when there is none)."""
+        if not distributed.is_main():
+            return None
+        try:
+            found = ckpt.latest_checkpoint(self.run_dir)
+        except ckpt.CheckpointError:
+            return None
+        return found[1] if found else None
 
     def _pick_checkpoint(self) -> tuple[int, Path] | str | None:
         """Rank 0's choice of checkpoint to resume from: the newest intact one (damaged newer
@@ -420,8 +431,8 @@ class Trainer:
                     self.step, skipped, updates)
         limit = self.config.trainer.max_skipped_updates
         if in_a_row > limit:
-            found = ckpt.latest_checkpoint(self.run_dir) if distributed.is_main() else None
-            kept = f"the last good checkpoint is {found[1]}" if found else "no checkpoint was written yet"
+            found = self._last_good_checkpoint()
+            kept = f"the last good checkpoint is {found}" if found else "no checkpoint was written yet"
             raise TrainingAborted(f"step {self.step}: {in_a_row} optimizer updates in a row had a non-finite loss or "
                                   f"gradient norm (more than trainer.max_skipped_updates={limit}); {kept}")
         return in_a_row
