@@ -1,7 +1,7 @@
 """Run configuration: YAML (``yaml.safe_load`` only) validated into typed objects.
 
-Top-level sections: ``model``, ``backend``, ``environment``, ``reward``, ``algorithm``,
-``sampling``, ``trainer``, ``trackers``. A component is chosen by ``name:`` inside its
+Top-level sections: ``model``, ``backend``, ``environment`` or ``agent``, ``reward``,
+``algorithm``, ``sampling``, ``trainer``, ``trackers``. A component is chosen by ``name:`` inside its
 section; the section's other keys are that component's options, validated by the
 component itself (its error names the key path too).
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -73,6 +73,9 @@ class ModelConfig(_Strict):
     lora: LoraSettings | None = None
     quantization: Literal["4bit"] | None = Field(None, description="4bit: QLoRA, a 4-bit NF4 base (CUDA, bitsandbytes)")
     preset_options: dict[str, Any] = Field(default_factory=dict)
+    chat_template: str | None = Field(
+        None, description="replace the tokenizer's chat template: a built-in name (chatml-tools: ChatML with "
+                          "Hermes-style tool calls, for models whose template lacks tools) or a .jinja file")
 
 
 class BackendConfig(_Strict):
@@ -170,11 +173,74 @@ class ComponentConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class AgentRole(_Strict):
+    """One role of a multi-role agent (``agent.roles.<name>``)."""
+
+    lora: LoraSettings | None = Field(None, description="this role's adapter (default: model.lora)")
+
+
+class AgentConfig(_Strict):
+    """An existing agent trained through the policy endpoint (``agent_lightning.agents``).
+
+    Exactly one of ``entrypoint`` (a Python function ``solve(task, llm)``), ``command`` (a
+    program run per episode) or ``name`` (a registered agent, ``options`` passed to it).
+    Tasks come from ``tasks`` (JSONL) or, without it, from the ``environment`` section's
+    task list; held-out tasks from ``eval_tasks``, else a ``held_out`` fraction of ``tasks``.
+    """
+
+    name: str | None = None
+    entrypoint: str | None = None
+    command: list[str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    tasks: str | None = Field(None, description="JSONL file of training tasks (one JSON object per line)")
+    eval_tasks: str | None = Field(None, description="JSONL file of held-out tasks")
+    held_out: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of `tasks` held out when no eval_tasks")
+    concurrency: int = Field(16, ge=1, description="episodes run at once")
+    timeout_s: float = Field(300.0, gt=0.0, description="an episode running longer fails")
+    max_batch: int = Field(16, ge=1, description="most calls sampled in one generate")
+    batch_wait_ms: float = Field(25.0, ge=0.0, description="how long a call waits for others to share its batch "
+                                                           "(at least 5% of the last generate call, at most 1 s)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body the endpoint reads")
+    sandbox: bool = Field(False, description="run a command agent under bubblewrap: read-only host files, its own "
+                                             "scratch folder and /tmp, its own PID namespace, user nobody")
+    success_reward: float = Field(1.0, description="an episode with at least this reward counts as a success "
+                                                   "(unless the agent reports success itself)")
+    roles: dict[str, AgentRole] = Field(default_factory=dict, description=(
+        "role name -> settings: the agent names a role in each request's `model`; each role trains its own "
+        "LoRA adapter on its own calls (needs model.lora)"))
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "AgentConfig":
+        given = [k for k in ("name", "entrypoint", "command") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of agent.entrypoint, agent.command or agent.name"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.command is not None and not self.command:
+            raise ValueError("agent.command: an empty command")
+        if self.sandbox and self.command is None:
+            raise ValueError("agent.sandbox: only command agents run sandboxed (a Python entrypoint runs in the "
+                             "trainer's process)")
+        bad = [r for r in self.roles if not r.isidentifier() or r == "default"]
+        if bad:
+            raise ValueError(f"agent.roles: '{bad[0]}' is not a role name (letters, digits, '_'; not 'default')")
+        return self
+
+    @property
+    def factory(self) -> tuple[str, dict[str, Any]]:
+        """The registered agent and its options."""
+        if self.entrypoint is not None:
+            return "entrypoint", {"target": self.entrypoint, **self.options}
+        if self.command is not None:
+            return "command", {"command": list(self.command), **({"sandbox": True} if self.sandbox else {}), **self.options}
+        return str(self.name), dict(self.options)
+
+
 class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
-    environment: ComponentConfig
-    reward: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="env-reward"))
+    environment: ComponentConfig | None = Field(..., description="required unless agent.tasks gives the tasks")
+    agent: AgentConfig | None = None
+    reward: ComponentConfig | None = None
     algorithm: ComponentConfig = Field(default_factory=lambda: ComponentConfig(name="grpo"))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
@@ -191,6 +257,29 @@ class RunConfig(_Strict):
             return [{"name": item} if isinstance(item, str) else item for item in value]
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _environment_optional_for_agents(cls, data: Any) -> Any:
+        """An agent with its own task file needs no environment section."""
+        if isinstance(data, dict) and "environment" not in data:
+            agent = data.get("agent")
+            if isinstance(agent, dict) and agent.get("tasks") is not None:
+                return {**data, "environment": None}
+        return data
+
+    @model_validator(mode="after")
+    def _work(self) -> "RunConfig":
+        if self.environment is None and (self.agent is None or self.agent.tasks is None):
+            raise ValueError("environment: null needs an agent with agent.tasks (the tasks come from somewhere)")
+        if self.agent is not None and self.agent.roles:
+            if self.model.lora is None:
+                raise ValueError("agent.roles: each role trains its own LoRA adapter; set model.lora")
+            if self.trainer.replay.capacity_steps:
+                raise ValueError("agent.roles: replay (trainer.replay) is not supported with roles")
+        if self.reward is None:  # agents report their reward; environments score through env-reward
+            self.reward = ComponentConfig(name="agent" if self.agent is not None else "env-reward")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data (component options flattened back into their sections)."""
         data = self.model_dump(mode="json", exclude_none=True)
@@ -198,6 +287,23 @@ class RunConfig(_Strict):
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def package_file(path: str, what: str) -> Path:
+    """A file path, or ``<python package>/<file>`` inside an installed package (such as
+    ``agent_lightning/presets/react_calculator_train.jsonl``), found without importing the
+    package; ``ValueError`` naming ``what`` (the config key) otherwise."""
+    import importlib.util
+
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate
+    package, _, rest = path.partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() and rest else None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / rest).is_file():
+            return Path(folder) / rest
+    raise ValueError(f"{what}: '{path}' is neither a file nor a file inside an installed package")
 
 
 def preset_path(name: str) -> Path | None:

@@ -70,3 +70,13 @@ def register_backends(register: Register) -> None:
     ``factory(model_config, backend_config)`` returns an object satisfying
     ``agent_lightning.types.Backend``. Called once when the plugin manager is built.
     """
+
+
+@hookspec
+def register_agents(register: Register) -> None:
+    """Register agent factories (agents that call the policy endpoint; ``agent.name``).
+
+    ``factory(**options)`` returns a callable ``solve(task: dict, llm) -> result`` (sync or
+    async; see ``agent_lightning.agents.builtin`` for the results it may return). Called once
+    when the plugin manager is built.
+    """

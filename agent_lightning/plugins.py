@@ -52,6 +52,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "agent_lightning.trackers.wandb",
     "agent_lightning.trackers.tensorboard",
     "agent_lightning.backends.transformers.backend",
+    "agent_lightning.agents.builtin",
 )
 
 KINDS = {
@@ -60,6 +61,7 @@ KINDS = {
     "algorithm": "register_algorithms",
     "tracker": "register_trackers",
     "backend": "register_backends",
+    "agent": "register_agents",
 }
 
 
@@ -108,6 +110,10 @@ class PluginManager:
     @property
     def backends(self) -> Registry:
         return self.registries["backend"]
+
+    @property
+    def agents(self) -> Registry:
+        return self.registries["agent"]
 
     def unknown(self, kind: str, name: str) -> str:
         """The unknown-name message, mentioning failed plugins that might have provided it."""

@@ -127,6 +127,11 @@ class Trajectory:
             (environment exception, timeout, non-finite reward...). Failed episodes are
             masked from the loss.
         policy_version: Number of optimizer steps the policy had taken when it sampled.
+        info: Free-form facts about the episode. Agent episodes (the policy endpoint) set
+            ``episode`` (the episode id shared by its segments), ``segment``/``segments``
+            (this stream's index and the episode's count: one token stream per segment, and
+            algorithms weigh a segmented episode like one), ``role`` and ``call_rewards``
+            (``Turn.reward`` holds per-call rewards given by the agent).
     """
 
     id: str
@@ -139,6 +144,7 @@ class Trajectory:
     success: bool = False
     failure: str | None = None
     policy_version: int = 0
+    info: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def token_ids(self) -> list[int]:
@@ -260,13 +266,17 @@ class Backend(Protocol):
     # ---------------------------------------------------------------- tokens
 
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
-        """The prompt's token ids, ending where the assistant's reply starts (chat template applied)."""
+        """The prompt's token ids, ending where the assistant's reply starts (chat template applied).
+        A backend that can render OpenAI tool schemas takes them as a ``tools=`` keyword (the
+        policy endpoint passes it only for requests with tools)."""
         ...
 
     def encode_observation(self, messages: Sequence[Message], *, after_stop: bool) -> list[int]:
         """Token ids appended after a reply: the end of the assistant turn, ``messages`` and the
-        start of the next assistant turn. ``after_stop``: the reply ended at a stop string,
-        so the turn is not closed yet."""
+        start of the next assistant turn. ``after_stop``: the reply ended with a sampled stop
+        token (``finish_reason == "stop"``), which already closed the turn; otherwise (cut off,
+        or ended at a stop string) the end-of-turn text comes first. Takes ``tools=`` where
+        ``encode_prompt`` does."""
         ...
 
     def decode(self, token_ids: Sequence[int]) -> str:
@@ -332,6 +342,8 @@ class Backend(Protocol):
     # ``correct_sampler_mismatch(batch, *, temperature) -> (batch, metrics)``: a backend whose
     #     sampler is another engine (vLLM) re-weights the batch (truncated importance sampling).
     # ``weights_state_dict()``: the trainable weights, for Ray rollout workers.
+    # ``add_role(name, lora=None)`` / ``use_role(name)``: a LoRA adapter per agent role
+    #     (``agent.roles``): sampling and training then use the named role's adapter.
     # ``model`` / ``tokenizer``: the Hugging Face objects of transformers-style backends (whose
     #     ``token_logprobs`` also takes ``with_hidden=True``), which PPO's value head, offline
     #     DPO's preference tokenization and FSDP sharding need; they say so when it is missing.
@@ -400,7 +412,8 @@ class Tracker(Protocol):
 
 
 OPTIONAL: dict[type, tuple[str, ...]] = {
-    Backend: ("render", "reference_model", "correct_sampler_mismatch", "weights_state_dict", "model", "tokenizer"),
+    Backend: ("render", "reference_model", "correct_sampler_mismatch", "weights_state_dict", "model", "tokenizer",
+              "add_role", "use_role"),
     Algorithm: ("uses_rollouts", "offline_step", "held_out_metrics"),
     Tracker: ("resume", "log_trajectories", "log_checkpoint", "display_only"),
 }

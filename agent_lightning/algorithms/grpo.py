@@ -24,7 +24,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field
 
-from agent_lightning.algorithms import common, training
+from agent_lightning.algorithms import common, credit, training
 from agent_lightning.algorithms.training import PolicyGradientOptions
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.loop.batch import PackedBatch, pack_trajectories
@@ -63,6 +63,10 @@ class GRPO:
         kept = common.healthy(trajectories)
         if not kept:
             return None
+        if credit.is_agent_batch(kept):  # agent episodes: segments and per-call rewards
+            per_sequence = self.config.loss_aggregation != "token-mean"
+            return pack_trajectories(kept, credit.token_advantages(kept, self.config.advantage, eps=self.config.advantage_eps,
+                                                                   per_sequence_loss=per_sequence))
         advantages = self.advantages(kept)
         if self.config.filter_groups:
             kept, advantages = self._informative(kept, advantages)

@@ -117,7 +117,9 @@ class PPO:
         if not kept:
             return None
         batch = pack_trajectories(kept, [[0.0] * t.num_policy_tokens for t in kept])
-        rewards = [r for t in kept for r in common.token_rewards(t, step_rewards=self.config.step_rewards)]
+        # Agent episodes with per-call rewards (policy endpoint): each call's reward on its last token.
+        rewards = [r for t in kept for r in common.token_rewards(
+            t, step_rewards=self.config.step_rewards or bool(t.info.get("call_rewards")))]
         batch.extras["token_rewards"] = torch.tensor(rewards, dtype=torch.float32)
         return batch
 

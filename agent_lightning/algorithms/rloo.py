@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field
 
-from agent_lightning.algorithms import common, training
+from agent_lightning.algorithms import common, credit, training
 from agent_lightning.algorithms.training import PolicyGradientOptions
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.loop.batch import PackedBatch, pack_trajectories
@@ -59,6 +59,11 @@ class RLOO:
         kept = common.healthy(trajectories)
         if not kept:
             return None
+        if credit.is_agent_batch(kept):  # agent episodes: per-call leave-one-episode-out advantages
+            per_sequence = self.config.loss_aggregation != "token-mean"
+            batch = pack_trajectories(kept, credit.token_advantages(kept, "rloo", per_sequence_loss=per_sequence))
+            batch.extras["agent_advantages"] = batch.advantages.clone()
+            return batch
         batch = pack_trajectories(kept, [[0.0] * t.num_policy_tokens for t in kept])
         batch.extras["sequence_reward"] = torch.tensor(
             [t.final_reward for t in kept for _ in range(t.num_policy_tokens)], dtype=torch.float32)
@@ -72,6 +77,11 @@ class RLOO:
 
         c = self.config
         extras = dict(batch.extras)
+        if "agent_advantages" in extras:  # computed by credit.token_advantages in prepare
+            adv = extras.pop("agent_advantages")
+            if c.kl_coef > 0:
+                extras["ref_logprobs"] = self.pg.reference_logprobs(backend, batch).cpu()
+            return dataclasses.replace(batch, advantages=adv, extras=extras), {"advantage_abs_mean": float(adv.abs().mean())}
         pcu = batch.policy_cu_seqlens
         scores = common.first_token_values(extras["sequence_reward"], pcu)
         groups = common.first_token_values(extras["group"], pcu)

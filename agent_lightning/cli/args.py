@@ -38,3 +38,15 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         parser.error(f"unrecognized arguments: {' '.join(unknown or leftover)}")
     setattr(args, dest, [*getattr(args, dest), *leftover])
     return args
+
+
+def source_and_overrides(positional: Sequence[str]) -> tuple[str | None, list[str]]:
+    """Split ``run`` / ``config show`` / ``try-agent`` / ``serve`` positionals into the config,
+    preset or run directory (the one without '=', wherever it is; None when absent) and the
+    key=value overrides, in their order."""
+    from agent_lightning.config import ConfigError
+
+    sources = [item for item in positional if "=" not in item]
+    if len(sources) > 1:
+        raise ConfigError(f"two configs given: '{sources[0]}' and '{sources[1]}'; pass one config and key=value overrides")
+    return (sources[0] if sources else None), [item for item in positional if "=" in item]

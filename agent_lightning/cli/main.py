@@ -8,6 +8,8 @@
     alightning train-reward-model DATA.jsonl --output-dir DIR [model.key=value ...] [--epochs N] [--lr X]
     alightning eval RUN_DIR|CHECKPOINT [--env NAME] [--split eval|train] [--samples K] [--episodes N] [--json PATH]
     alightning report RUN_DIR          /  alightning show RUN_DIR [--step N]
+    alightning try-agent [CONFIG|PRESET] [key=value ...] [--episodes N]   (an agent against the base policy)
+    alightning serve RUN_DIR|CHECKPOINT|CONFIG|PRESET [--port P] [--api-key KEY]   (the OpenAI API)
     alightning --quiet COMMAND ...     (no progress bars; they are also off when stdout/stderr is not a terminal)
 
 Flags may come before, between or after the positionals, e.g. ``alightning run quickstart
@@ -28,6 +30,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from agent_lightning.cli.args import source_and_overrides
+
 if TYPE_CHECKING:
     from agent_lightning.config import RunConfig
     from agent_lightning.loop.stopping import StopSignal
@@ -45,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
 def _start_run(args: argparse.Namespace, signals: "StopSignal") -> int:
     from agent_lightning.config import ConfigError, apply_overrides, load_config, read_yaml, validate
 
-    source, overrides = _source_and_overrides(args.config_and_overrides)
+    source, overrides = source_and_overrides(args.config_and_overrides)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
@@ -115,17 +119,6 @@ def _train(config: "RunConfig", run_dir: Path, *, resume: bool, signals: "StopSi
     return 0
 
 
-def _source_and_overrides(positional: Sequence[str]) -> tuple[str | None, list[str]]:
-    """Split ``run`` / ``config show`` positionals into the config or preset (the one without
-    '=', wherever it is; None when absent) and the key=value overrides, in their order."""
-    from agent_lightning.config import ConfigError
-
-    sources = [item for item in positional if "=" not in item]
-    if len(sources) > 1:
-        raise ConfigError(f"two configs given: '{sources[0]}' and '{sources[1]}'; pass one config and key=value overrides")
-    return (sources[0] if sources else None), [item for item in positional if "=" in item]
-
-
 def _relaunch_args(args: argparse.Namespace) -> list[str]:
     """This ``run`` command's arguments without ``--nproc`` (what every rank runs)."""
     out = ["--log-level", str(args.log_level), *(["--quiet"] if getattr(args, "quiet", False) else []), "run"]
@@ -142,7 +135,7 @@ def _config_show(args: argparse.Namespace) -> int:
 
     from agent_lightning.config import explain, passthrough_environment
 
-    source, overrides = _source_and_overrides(args.config_and_overrides)
+    source, overrides = source_and_overrides(args.config_and_overrides)
     rows = explain(source, overrides)
     width = max(len(f"{path}: {yaml.safe_dump(value, default_flow_style=True).strip()}") for path, value, _ in rows)
     for path, value, where in rows:
@@ -279,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agent_lightning.cli.eval_commands import add_commands
 
     add_commands(sub)  # eval, report, show
+    from agent_lightning.cli.agent_commands import add_commands as add_agent_commands
+
+    add_agent_commands(sub)  # try-agent, serve
     from agent_lightning.preferences.reward_model import add_command as add_reward_model_command
 
     add_reward_model_command(sub)  # train-reward-model

@@ -34,7 +34,7 @@ from agent_lightning.types import SPLITS
 log = logging.getLogger("agent_lightning.evaluation.harness")
 
 RESULTS_FILE = Path("eval") / "results.json"
-OVERRIDABLE = ("environment", "reward", "sampling")
+OVERRIDABLE = ("environment", "agent", "reward", "sampling")
 """Config sections an evaluation may change; the others define the policy and stay as trained."""
 
 
@@ -82,9 +82,18 @@ def eval_config(run_dir: Path, *, env: str | None = None, overrides: Sequence[st
     return validate(apply_overrides(data, ([f"environment.name={env}"] if env else []) + list(overrides)))
 
 
+def work_name(config: RunConfig) -> str:
+    """What a run plays, for tables: ``environment 'NAME'`` or ``agent ENTRYPOINT|COMMAND|NAME``."""
+    if config.agent is not None:
+        a = config.agent
+        return f"agent {a.entrypoint or ' '.join(a.command or []) or a.name}"
+    return f"environment '{config.environment.name}'"
+
+
 def _settings(config: RunConfig, split: str, episodes: int, samples: int) -> dict[str, Any]:
     data = config.to_dict()
-    return {"environment": data["environment"], "reward": data["reward"], "split": split, "episodes": episodes,
+    work = data.get("environment") or {"name": work_name(config)}  # an agent run with its own task files
+    return {"environment": work, "reward": data["reward"], "split": split, "episodes": episodes,
             "samples": samples, "eval_temperature": config.sampling.eval_temperature,
             "sampling": data["sampling"], "seed": config.trainer.seed}
 
@@ -135,7 +144,7 @@ def evaluate_run(
         try:
             tasks = trainer.eval_tasks if split == "eval" else trainer.train_tasks
             if not tasks:
-                raise ConfigError(f"environment '{config.environment.name}' has no '{split}' tasks")
+                raise ConfigError(f"{work_name(config)} has no '{split}' tasks")
             n = max(episodes or config.trainer.eval_episodes, samples * len(tasks))
             for step, folder in jobs:
                 bar.update(description=f"evaluating {'base model' if folder is None else folder.name}")

@@ -25,10 +25,13 @@ def check_invariants(trajectories: Sequence[Trajectory], *, vocab_size: int, dec
     per-token fields have equal lengths; every id is inside the vocabulary; every policy
     token has a finite, non-positive sampling log-prob; and, when ``decode`` is given,
     each turn's action text is exactly the decoding of its sampled ids (what the
-    environment saw is what is trained on).
+    environment saw is what is trained on). A failed episode that never got a token (its
+    reset or its agent failed first) is left out: it is never trained on.
     """
     for traj in trajectories:
         ids, mask, lps = traj.token_ids, traj.policy_mask, traj.sampling_logprobs
+        if traj.failure is not None and not ids:
+            continue
         where = f"trajectory '{traj.id}'"
         if not ids or mask[0]:
             raise InvariantError(f"{where}: the stream must start with prompt tokens")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agent_lightning import progress
-from agent_lightning.config import RunConfig, dump_yaml
+from agent_lightning.config import ConfigError, RunConfig, dump_yaml
 from agent_lightning.loop import checkpoint as ckpt
 from agent_lightning.loop import stopping
 from agent_lightning.loop.batch import check_invariants
@@ -114,10 +114,16 @@ class Trainer:
         c = config
         distributed.init(c.trainer.distributed, device=c.backend.device)  # a no-op unless launched by torchrun
         # Cheap components first, so that configuration mistakes surface before the model loads.
-        self.env_factory = lambda: create_component(self.pm, "environment", "environment", c.environment.name, **c.environment.options)
-        probe = self.env_factory()
-        self.train_tasks: list[Task] = list(probe.tasks("train"))
-        self.eval_tasks: list[Task] = list(probe.tasks("eval"))
+        self.env_factory = (lambda: create_component(self.pm, "environment", "environment", c.environment.name,
+                                                     **c.environment.options)) if c.environment is not None else None
+        probe = self.env_factory() if self.env_factory is not None else None
+        if c.agent is not None:  # an existing agent through the policy endpoint (agent_lightning.agents)
+            from agent_lightning.agents.tasks import run_tasks
+
+            self.train_tasks, self.eval_tasks = run_tasks(c.agent, probe, c.trainer.seed)
+        else:
+            self.train_tasks: list[Task] = list(probe.tasks("train"))
+            self.eval_tasks: list[Task] = list(probe.tasks("eval"))
         self.reward = create_component(self.pm, "reward", "reward", c.reward.name, **c.reward.options)
         self.algorithm = create_component(self.pm, "algorithm", "algorithm", c.algorithm.name, **c.algorithm.options)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -125,10 +131,17 @@ class Trainer:
                         for t in (c.trackers if distributed.is_main() else [])]  # rank 0 logs
         self.trackers = Trackers(tracker_objs)
         self.envs = EnvPool(self.env_factory)
-        self.envs.instances.append(probe)
+        if probe is not None:
+            self.envs.instances.append(probe)
         self._seed_everything(c.trainer.seed)
         with progress.task(progress.model_label(c.model)):
             self.backend = create_component(self.pm, "backend", "backend", c.backend.name, c.model, c.backend, seed=c.trainer.seed)
+        self.roles = list(c.agent.roles) if c.agent is not None else []
+        for name, role in (c.agent.roles.items() if c.agent is not None else ()):  # a LoRA adapter per agent role
+            add_role = optional(self.backend, Backend, "add_role")
+            if add_role is None:
+                raise ConfigError(f"agent.roles: the '{c.backend.name}' backend cannot train an adapter per role")
+            add_role(name, role.lora)
         distributed.prepare_backend(self.backend, self.algorithm)  # rank 0's weights everywhere; FSDP wrapping
         self.algorithm.setup(self.backend, total_steps=c.trainer.steps, temperature=c.sampling.temperature)
         self.sampler = TaskSampler(self.train_tasks, c.trainer.seed)
@@ -268,6 +281,11 @@ class Trainer:
         started = time.perf_counter()
         trajs = self.play_evaluation(self.eval_tasks, self.config.trainer.eval_episodes)
         metrics = episode_metrics(trajs, "eval")
+        if self.config.agent is not None:  # the endpoint's counters of these episodes: eval/agent/calls...
+            metrics.update({f"eval/{k}": v for k, v in self.rollout_executor.metrics().items()})
+        for role in self.roles:  # each role's own calls, as if they were episodes of their own
+            mine = [t for t in trajs if t.info.get("role") == role]
+            metrics.update(episode_metrics(mine, f"eval/{role}") if mine else {})
         metrics["eval/time_s"] = time.perf_counter() - started
         return {**metrics, **extra}
 
@@ -297,6 +315,10 @@ class Trainer:
                     "token_ids": traj.token_ids,
                     "policy_mask": [int(m) for m in traj.policy_mask],
                 }
+                if "episode" in traj.info:  # an agent episode: its segment, and where and why history broke
+                    record["agent"] = {k: traj.info[k] for k in ("episode", "segment", "segments", "role", "breaks",
+                                                                 "calls", "retried_calls", "answer") if k in traj.info}
+                    record["agent"]["call_rewards"] = [t.info.get("call_reward") for t in traj.turns]
                 handle.write(json.dumps(record) + "\n")
                 records.append(record)
         self.trackers.log_trajectories(self.step, records)
@@ -327,13 +349,11 @@ class Trainer:
         for traj in failed:
             log.warning("episode %s failed: %s", traj.id, traj.failure)
         update_started = time.perf_counter()
-        mixed = self.replay.mix(trajectories, self.backend, self.step)  # fresh + replayed groups (fresh when off)
-        batch = self.replay.weigh(self.algorithm.prepare(mixed), self.backend)
-        correct = optional(self.backend, Backend, "correct_sampler_mismatch")  # an external sampler (vLLM): truncated IS
-        if correct is not None:
-            batch, sampler_metrics = correct(batch, temperature=c.sampling.temperature)
-            metrics.update(sampler_metrics)
-        update = self.algorithm.update(self.backend, batch)
+        if self.roles:  # agent roles: each role's adapter on its own calls
+            update = self._update_roles(trajectories, metrics)
+        else:
+            mixed = self.replay.mix(trajectories, self.backend, self.step)  # fresh + replayed groups (fresh when off)
+            update = self._update(self.replay.weigh(self.algorithm.prepare(mixed), self.backend), metrics)
         update_s = time.perf_counter() - update_started
         self.step += 1
         metrics.update({f"train/{k}": v for k, v in update.items()})
@@ -344,6 +364,33 @@ class Trainer:
         metrics["train/tokens_per_s"] = tokens / max(1e-9, time.perf_counter() - started)
         self._write_trajectories(trajectories)
         return metrics
+
+    def _update(self, batch: Any, metrics: dict[str, float]) -> dict[str, float]:
+        """The algorithm's update on ``batch`` (re-weighed first by a backend whose sampler is
+        another engine: truncated importance sampling, metrics added to ``metrics``)."""
+        correct = optional(self.backend, Backend, "correct_sampler_mismatch")  # an external sampler (vLLM)
+        if correct is not None:
+            batch, sampler_metrics = correct(batch, temperature=self.config.sampling.temperature)
+            metrics.update(sampler_metrics)
+        return dict(self.algorithm.update(self.backend, batch))
+
+    def _update_roles(self, trajectories: Sequence[Trajectory], metrics: dict[str, float]) -> dict[str, float]:
+        """One update per agent role, on that role's calls, with its adapter active. Metrics are
+        ``<role>/<key>``; the update counters (``updates``, ``skipped_updates``,
+        ``trailing_skipped_updates``) are summed for the non-finite guard."""
+        use_role = optional(self.backend, Backend, "use_role")
+        out: dict[str, float] = {}
+        for role in self.roles:
+            mine = [t for t in trajectories if t.info.get("role") == role]
+            use_role(role)
+            update = self._update(self.algorithm.prepare(mine), metrics) if mine else {}
+            for key, value in update.items():
+                if key in ("updates", "skipped_updates", "trailing_skipped_updates"):
+                    out[key] = out.get(key, 0.0) + value
+                else:
+                    out[f"{role}/{key}"] = value
+        use_role(self.roles[0])
+        return out
 
     def _out_of_time(self, started: float) -> bool:
         """Whether ``trainer.time_limit_s`` has passed (rank 0's clock decides for every rank)."""

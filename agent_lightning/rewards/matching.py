@@ -81,6 +81,10 @@ def _reference(trajectory: Trajectory, key: str) -> Any:
 
 
 def _final_action(trajectory: Trajectory) -> str:
+    """The answer to judge: what an agent returned (``info["answer"]``), else the last action."""
+    answer = trajectory.info.get("answer")
+    if isinstance(answer, str):
+        return answer
     return trajectory.turns[-1].action if trajectory.turns else ""
 
 

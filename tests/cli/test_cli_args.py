@@ -8,7 +8,8 @@ import subprocess
 import pytest
 
 from agent_lightning.cli.args import parse_args
-from agent_lightning.cli.main import _relaunch_args, _source_and_overrides, build_parser, main
+from agent_lightning.cli.args import source_and_overrides as _source_and_overrides
+from agent_lightning.cli.main import _relaunch_args, build_parser, main
 from agent_lightning.config import ConfigError
 
 

@@ -44,7 +44,7 @@ def test_override_creates_nested_sections_and_rejects_bad_forms():
         ("trainer.steps=many", "invalid value 'many' for 'trainer.steps': Input should be a valid integer, unable to parse string as an integer"),
         ("sampling.top_p=1.5", "invalid value 1.5 for 'sampling.top_p': Input should be less than or equal to 1"),
         ("backend.device=tpu", "invalid value 'tpu' for 'backend.device': Input should be 'auto', 'cpu' or 'cuda'; did you mean 'cpu'?"),
-        ("modle.preset=tiny", "unknown key 'modle' (allowed: algorithm, backend, environment, model, reward, sampling, trackers, trainer); did you mean 'model'?"),
+        ("modle.preset=tiny", "unknown key 'modle' (allowed: agent, algorithm, backend, environment, model, reward, sampling, trackers, trainer); did you mean 'model'?"),
     ],
 )
 def test_validation_errors_name_key_value_and_allowed(override, message):
@@ -128,7 +128,7 @@ def test_validate_lists_unknown_then_invalid_then_missing_in_declaration_order()
         "unknown key 'trainer.stepz' (allowed: batch_size, checkpoint_errors, checkpoint_every, distributed, "
         "eval_episodes, eval_every, executor, keep_checkpoints, log_trajectories, max_failure_rate, "
         "max_skipped_updates, output_dir, replay, seed, step_timeout_s, steps, time_limit_s); did you mean 'steps'?",
-        "unknown key 'modle' (allowed: algorithm, backend, environment, model, reward, sampling, trackers, trainer); "
+        "unknown key 'modle' (allowed: agent, algorithm, backend, environment, model, reward, sampling, trackers, trainer); "
         "did you mean 'model'?",
         "invalid value 'cpuu' for 'backend.device': Input should be 'auto', 'cpu' or 'cuda'; did you mean 'cpu'?",
         "invalid value 1.5 for 'sampling.top_p': Input should be less than or equal to 1",

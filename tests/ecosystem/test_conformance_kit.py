@@ -219,7 +219,7 @@ def test_pytest_plugin_is_registered_through_its_entry_point(pytestconfig):
 
 
 class _EveryHook:
-    """One plugin object implementing all five hooks of the contract."""
+    """One plugin object implementing all six hooks of the contract."""
 
     @hookimpl
     def register_environments(self, register):
@@ -243,14 +243,19 @@ class _EveryHook:
     def register_backends(self, register):
         register("toy-backend", lambda model_config, backend_config, seed=0: ("backend", model_config, seed))
 
+    @hookimpl
+    def register_agents(self, register):
+        register("toy-agent", lambda bonus=0.0: (lambda task, llm: 1.0 + bonus))
+
 
 def test_every_hook_registers_through_the_plugin_manager_fixture(al_plugin_manager, tmp_path):
     pm = al_plugin_manager(_EveryHook())
     assert {kind: [e.name for e in registry] for kind, registry in pm.registries.items()} == {
         "environment": ["toy-env"], "reward": ["toy-reward"], "algorithm": ["toy-algorithm"],
-        "tracker": ["toy-tracker"], "backend": ["toy-backend"]}
+        "tracker": ["toy-tracker"], "backend": ["toy-backend"], "agent": ["toy-agent"]}
     check_environment(pm.environments.get("toy-env").factory)
     check_reward(pm.rewards.get("toy-reward").factory, scale=2.0)
     assert pm.algorithms.create("toy-algorithm", group_size=3).group_size == 3
     assert pm.trackers.create("toy-tracker", run_dir=str(tmp_path)) == ("tracker", str(tmp_path))
     assert pm.backends.create("toy-backend", "model", "backend", seed=4) == ("backend", "model", 4)
+    assert pm.agents.create("toy-agent", bonus=0.5)({"id": "t"}, None) == 1.5

@@ -13,7 +13,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Sequence
 
-from agent_lightning.backends.transformers.chat_tokens import ChatTokens
+from agent_lightning.backends.transformers.chat_tokens import ChatTokens, load_chat_template
 from agent_lightning.backends.transformers.loading import _dtype, load_model_and_tokenizer
 from agent_lightning.backends.transformers.stop_strings import StopStrings
 from agent_lightning.config import BackendConfig, ModelConfig
@@ -64,11 +64,15 @@ class TransformersBackend:
         if model_config.preset and model_config.dtype != "float32" and not model_config.quantization:
             model = model.to(_dtype(model_config.dtype))
         self.is_lora = model_config.lora is not None
+        self._lora_settings = model_config.lora
+        self.roles: list[str] = []
         if self.is_lora:
             from agent_lightning.backends.transformers.lora_targets import attach_lora
 
             model = attach_lora(model, model_config.lora)
         self.model = model if model_config.quantization else model.to(self.device)
+        if model_config.chat_template:
+            tokenizer.chat_template = load_chat_template(model_config.chat_template)
         self.tokenizer = tokenizer
         self.chat = ChatTokens(tokenizer)
         self.stop_ids = self.chat.stop_token_ids()
@@ -87,11 +91,12 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ tokens
 
-    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
-        return self.chat.prompt(messages)
+    def encode_prompt(self, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> list[int]:
+        return self.chat.prompt(messages, tools)
 
-    def encode_observation(self, messages: Sequence[Message], *, after_stop: bool) -> list[int]:
-        return self.chat.observation(messages, after_stop=after_stop)
+    def encode_observation(self, messages: Sequence[Message], *, after_stop: bool,
+                           tools: Sequence[dict] | None = None) -> list[int]:
+        return self.chat.observation(messages, after_stop=after_stop, tools=tools)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
@@ -293,7 +298,34 @@ class TransformersBackend:
     # ------------------------------------------------------------------ optimisation
 
     def trainable_parameters(self) -> list[Any]:
+        """What the optimizer steps: the trainable weights, or with roles every role's adapter
+        (only the active role's get gradients; AdamW skips the others)."""
+        if self.roles:
+            marks = tuple(f".{role}." for role in self.roles)
+            return [p for n, p in self.model.named_parameters() if any(m in n for m in marks)]
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ roles (policy endpoint)
+
+    def add_role(self, name: str, lora: Any = None) -> None:
+        """A LoRA adapter of its own for the agent role ``name`` (``agent.roles``), starting at
+        the base model; ``lora``: its ``LoraSettings`` (default: ``model.lora``). Call before the
+        optimizer is configured."""
+        if not self.is_lora:
+            raise ValueError("agent.roles: each role trains its own LoRA adapter; set model.lora")
+        if not name.isidentifier() or name == "default" or name in self.roles:
+            raise ValueError(f"agent.roles: '{name}' must be a new identifier (not 'default')")
+        from agent_lightning.backends.transformers.lora_targets import lora_config
+
+        self.model.add_adapter(name, lora_config(self.model.get_base_model(), lora or self._lora_settings))
+        self.roles.append(name)
+        self.use_role(self.roles[0])
+
+    def use_role(self, name: str) -> None:
+        """Sample and train with the role's adapter (only it is trainable)."""
+        if name not in self.roles:
+            raise ValueError(f"no role '{name}' (roles: {', '.join(self.roles) or 'none'})")
+        self.model.set_adapter(name)
 
     def configure_optimizer(self, *, lr: float, weight_decay: float, betas: tuple[float, float],
                             warmup_steps: int, total_steps: int, schedule: str,
@@ -342,12 +374,13 @@ class TransformersBackend:
 
     # ------------------------------------------------------------------ weights and state
 
-    def weights_state_dict(self) -> dict[str, Any]:
-        """Trainable weights only when LoRA (the adapter), else the whole model."""
+    def weights_state_dict(self, adapter: str = "default") -> dict[str, Any]:
+        """Trainable weights only when LoRA (the ``adapter``), else the whole model."""
         if self.is_lora:
             from peft import get_peft_model_state_dict
 
-            return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+            return {k: v.detach().cpu().contiguous()
+                    for k, v in get_peft_model_state_dict(self.model, adapter_name=adapter).items()}
         return {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
 
     def save(self, directory: str) -> None:
@@ -362,6 +395,8 @@ class TransformersBackend:
         if not self.is_lora:
             tensors = _dedupe_shared(tensors)
         save_file(tensors, str(path / (ADAPTER_FILE if self.is_lora else WEIGHTS_FILE)))
+        for role in self.roles:  # one adapter file per agent role
+            save_file(self.weights_state_dict(role), str(path / role_adapter_file(role)))
         state = {"version": self.version, "generator": self.generator.get_state()}
         if self.optimizer is not None:
             state["optimizer"] = self.optimizer.state_dict()
@@ -379,6 +414,11 @@ class TransformersBackend:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(self.model, require_finite(load_file(str(path / ADAPTER_FILE)), path / ADAPTER_FILE))
+            for role in self.roles:
+                file = path / role_adapter_file(role)
+                if not file.is_file():
+                    raise ValueError(f"checkpoint {path}: no adapter for role '{role}' ({file.name})")
+                set_peft_model_state_dict(self.model, require_finite(load_file(str(file)), file), adapter_name=role)
         else:
             tensors = require_finite(load_file(str(path / WEIGHTS_FILE)), path / WEIGHTS_FILE)
             missing, unexpected = self.model.load_state_dict(tensors, strict=False)
@@ -396,6 +436,11 @@ class TransformersBackend:
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.trainable_parameters())
         return {"model/parameters": total, "model/trainable_parameters": trainable, "model/device": str(self.device)}
+
+
+def role_adapter_file(role: str) -> str:
+    """The checkpoint file of an agent role's adapter."""
+    return f"adapter-{role}.safetensors"
 
 
 def require_finite(tensors: dict[str, Any], source: Path) -> dict[str, Any]:

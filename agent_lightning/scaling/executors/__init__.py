@@ -74,6 +74,8 @@ def create_executor(config: Any, *, backend: Backend, envs: Any, threads: future
             Ray workers build exactly the components the trainer uses.
     """
     section = config.trainer.executor
+    if getattr(config, "agent", None) is not None:
+        return _agent_executor(config, section, backend=backend, plugin_manager=plugin_manager)
     if section.name == "ray":
         return _ray_executor(config, section.options, backend=backend, plugin_manager=plugin_manager)
     return _inprocess_executor(config, section.options, backend=backend, envs=envs, threads=threads)
@@ -114,3 +116,22 @@ def _ray_executor(config: Any, options: dict[str, Any], *, backend: Backend, plu
         sampling=config.sampling,
         step_timeout_s=config.trainer.step_timeout_s,
     )
+
+
+def _agent_executor(config: Any, section: Any, *, backend: Backend, plugin_manager: Any) -> RolloutExecutor:
+    """``agent:`` runs: the agent plays through the policy endpoint, in process (the endpoint
+    batches every episode's calls into shared generate calls)."""
+    from agent_lightning.agents.runner import AgentExecutor
+    from agent_lightning.config import ConfigError
+    from agent_lightning.plugins import create_component
+
+    if section.name != "inprocess" or section.options:
+        raise ConfigError("trainer.executor: agent runs play in process (the endpoint batches their calls); "
+                          f"remove trainer.executor (got '{section.name}')")
+    a = config.agent
+    name, options = a.factory
+    solve = create_component(plugin_manager, "agent", "agent", name, **options)
+    return AgentExecutor(solve, backend=backend, sampling=config.sampling, concurrency=a.concurrency,
+                         timeout_s=a.timeout_s, max_batch=a.max_batch, batch_wait_s=a.batch_wait_ms / 1000.0,
+                         max_body_bytes=a.max_body_bytes, success_reward=a.success_reward,
+                         models=tuple(a.roles) or ("policy",), roles=bool(a.roles))

@@ -1,0 +1,184 @@
+"""Playing agent episodes through the policy endpoint (a rollout executor).
+
+Per step: every job ``(episode id, task, group)`` opens an episode on the endpoint and runs
+the agent on its own thread (at most ``agent.concurrency`` at once) with the episode's base
+URL; the calls it makes are sampled in shared batches and recorded by the episode's
+ledger. When the agent returns (or fails, or runs past ``agent.timeout_s``) the episode is
+closed — later calls get 409 — and its segments become trajectories. A failing agent fails
+its episode only; the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import threading
+import time
+from dataclasses import replace
+from typing import Any, Callable, Sequence
+
+from agent_lightning.agents.llm import LLM
+from agent_lightning.agents.tasks import task_payload
+from agent_lightning.serving.server import PolicyServer
+from agent_lightning.serving.service import PolicyService, SamplingDefaults
+from agent_lightning.types import Task, Trajectory
+
+
+def _url_safe(episode_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._~-]", "_", episode_id)
+
+
+def _interpret(result: Any) -> dict[str, Any]:
+    """The agent's return value as trajectory info (see ``agents.builtin``)."""
+    if result is None:
+        return {}
+    if isinstance(result, bool):
+        return {"agent_reward": float(result), "success": result}
+    if isinstance(result, (int, float)):
+        return {"agent_reward": float(result)}
+    if isinstance(result, dict):
+        info: dict[str, Any] = {}
+        if result.get("reward") is not None:
+            value = result["reward"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"the agent's reward must be a number, not {type(value).__name__}")
+            info["agent_reward"] = float(value)
+        if "success" in result:
+            info["success"] = bool(result["success"])
+        if result.get("answer") is not None:
+            info["answer"] = str(result["answer"])
+        return info
+    return {"answer": str(result)}
+
+
+class AgentExecutor:
+    """Runs agents against a policy endpoint it starts on 127.0.0.1 (see the module docstring).
+
+    Args:
+        solve: The agent (``solve(task, llm)``, sync or async).
+        backend: The policy.
+        sampling: The run's ``sampling`` section.
+        concurrency, timeout_s, max_batch, batch_wait_s, max_body_bytes, success_reward:
+            the ``agent`` section's settings.
+        models: The model names agents may ask for (the roles, with ``roles``).
+        roles: Each model name is an agent role sampled with its own adapter.
+    """
+
+    name = "agent"
+
+    def __init__(self, solve: Callable[..., Any], *, backend: Any, sampling: Any, concurrency: int = 16,
+                 timeout_s: float = 300.0, max_batch: int = 16, batch_wait_s: float = 0.01,
+                 max_body_bytes: int = 4 * 1024 * 1024, success_reward: float = 1.0, models: Sequence[str] = ("policy",),
+                 roles: bool = False, policy_lock: threading.Lock | None = None):
+        self.solve = solve
+        self.backend = backend
+        self.concurrency = max(1, concurrency)
+        self.timeout_s = timeout_s
+        self.success_reward = success_reward
+        if hasattr(solve, "timeout_s"):
+            solve.timeout_s = timeout_s  # command agents kill their program at the timeout
+        self.defaults = SamplingDefaults(temperature=sampling.temperature, top_p=sampling.top_p,
+                                         max_new_tokens=sampling.max_new_tokens,
+                                         max_context_tokens=sampling.max_context_tokens, stop=tuple(sampling.stop))
+        self.service = PolicyService(backend, self.defaults, models=tuple(models), fixed_sampling=True,
+                                     max_batch=max_batch, max_wait_s=batch_wait_s, lock=policy_lock, roles=roles)
+        self.server = PolicyServer(self.service, max_body_bytes=max_body_bytes).start()
+        self._counts: dict[str, float] = {}
+        self._counts_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ RolloutExecutor
+
+    def play(self, jobs: Sequence[tuple[str, Task, int]], *, temperature: float, seed: str | int) -> list[Trajectory]:
+        """One agent episode per job; trajectories in job order (several per segmented episode)."""
+        self.service.sampling = replace(self.defaults, temperature=temperature)
+        self.service.seed_key = str(seed)
+        slots = threading.BoundedSemaphore(self.concurrency)
+        results: list[list[Trajectory] | None] = [None] * len(jobs)
+        threads = []
+        for index, job in enumerate(jobs):
+            slots.acquire()
+            thread = threading.Thread(target=self._episode, args=(index, job, results, slots), daemon=True,
+                                      name=f"agent-{index}")
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join()
+        out: list[Trajectory] = []
+        for trajs in results:
+            out.extend(trajs or [])
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """``agent/calls``, ``agent/segments``, ``agent/prefix_breaks``, ``agent/retried_calls``
+        (totals since the last call) and ``agent/batch_size`` (mean requests per generate call)."""
+        with self._counts_lock:
+            counts, self._counts = self._counts, {}
+        batches, requests = self.service.batcher.batches, self.service.batcher.requests
+        self.service.batcher.batches = self.service.batcher.requests = 0
+        if batches:
+            counts["agent/batch_size"] = requests / batches
+        return counts
+
+    def close(self) -> None:
+        self.server.stop()
+
+    # ------------------------------------------------------------------ one episode
+
+    def _episode(self, index: int, job: tuple[str, Task, int], results: list, slots: threading.BoundedSemaphore) -> None:
+        episode_id, task, group = job
+        key = f"{index}-{_url_safe(episode_id)}"  # unique: a step may deal one task twice
+        try:
+            ledger = self.service.open_episode(key, seed_id=episode_id)
+            llm = LLM(base_url=self.server.base_url(key), api_key=self.service.api_key, model=self.service.models[0],
+                      episode_id=key)
+            outcome: dict[str, Any] = {}
+            runner = threading.Thread(target=self._call_agent, args=(task, llm, outcome), daemon=True,
+                                      name=f"agent-{index}-solve")
+            started = time.monotonic()
+            runner.start()
+            runner.join(self.timeout_s)
+            failure = None
+            info: dict[str, Any] = {}
+            if runner.is_alive():
+                failure = f"agent timed out after {self.timeout_s:g} s"
+            elif "error" in outcome:
+                exc = outcome["error"]
+                failure = f"agent raised {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}".rstrip(": ")
+            else:
+                try:
+                    info = _interpret(outcome.get("result"))
+                except TypeError as exc:
+                    failure = str(exc)
+            self.service.close_episode(key)
+            if failure is None and "agent_reward" not in info and ledger.episode_reward is not None:
+                info["agent_reward"] = ledger.episode_reward
+            success = info.pop("success", None)
+            if success is None:
+                success = info.get("agent_reward", float("-inf")) >= self.success_reward
+            info["agent_time_s"] = time.monotonic() - started
+            trajs = ledger.trajectories(task, group, int(getattr(self.backend, "version", 0)), failure=failure, info=info)
+            results[index] = [replace(t, id=episode_id + t.id[len(key):], success=bool(success) and failure is None)
+                              for t in trajs]
+            with self._counts_lock:
+                for name, value in ledger.metrics().items():
+                    self._counts[name] = self._counts.get(name, 0.0) + value
+        except Exception as exc:  # noqa: BLE001 - e.g. an episode id already open: this episode fails
+            results[index] = [Trajectory(id=episode_id, task=task, group=group, prompt_token_ids=(), turns=(),
+                                         failure=f"episode could not run: {type(exc).__name__}: {exc}",
+                                         info={"episode": key, "segment": 0, "segments": 1})]
+        finally:
+            slots.release()
+
+    def _call_agent(self, task: Task, llm: LLM, outcome: dict[str, Any]) -> None:
+        try:
+            result = self.solve(task_payload(task), llm)
+            if inspect.isawaitable(result):
+                result = asyncio.run(_await(result))
+            outcome["result"] = result
+        except BaseException as exc:  # noqa: BLE001 - the agent's failure fails its episode only
+            outcome["error"] = exc
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
