@@ -202,7 +202,7 @@ class AgentConfig(_Strict):
                                                            "(at least 5% of the last generate call, at most 1 s)")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body the endpoint reads")
     sandbox: bool = Field(False, description="run a command agent under bubblewrap: read-only host files, its own "
-                                             "scratch folder and /tmp, its own PID namespace, user nobody")
+                                             "scratch folder (cwd and TMPDIR), its own PID namespace, user nobody")
     success_reward: float = Field(1.0, description="an episode with at least this reward counts as a success "
                                                    "(unless the agent reports success itself)")
     roles: dict[str, AgentRole] = Field(default_factory=dict, description=(

@@ -126,14 +126,14 @@ class CommandAgent:
 
 
 def sandboxed(command: Sequence[str], scratch: str, cwd: str | None) -> list[str]:
-    """``command`` under bubblewrap: a read-only view of the host's files, its own writable
-    ``scratch`` folder (its working directory, at the same path; ``cwd``, if given, stays
-    readable at its own path), a private ``/tmp``, its own PID/IPC/UTS namespaces, user ``nobody``, killed with
-    the trainer. The network is shared: the agent must reach the endpoint on 127.0.0.1. This
+    """``command`` under bubblewrap: a read-only view of the host's files (``/tmp`` included: a
+    venv may live there), its own writable ``scratch`` folder (its working directory and
+    ``TMPDIR``, at the same path; ``cwd``, if given, stays readable at its own path), its own
+    PID/IPC/UTS namespaces, user ``nobody``, killed with the trainer. The network is shared: the agent must reach the endpoint on 127.0.0.1. This
     keeps a buggy agent from writing over the run; it does not hide readable files (the code
     environments' sandbox, ``agent_lightning.sandbox``, is the one for untrusted code)."""
     return [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-            "--tmpfs", "/tmp", "--bind", scratch, scratch, "--chdir", scratch,
+            "--bind", scratch, scratch, "--chdir", scratch, "--setenv", "TMPDIR", scratch,
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-user", "--uid", "65534", "--gid", "65534",
             "--die-with-parent", "--new-session", "--", *command]
 

@@ -143,7 +143,9 @@ class Trainer:
                 raise ConfigError(f"agent.roles: the '{c.backend.name}' backend cannot train an adapter per role")
             add_role(name, role.lora)
         distributed.prepare_backend(self.backend, self.algorithm)  # rank 0's weights everywhere; FSDP wrapping
-        self.algorithm.setup(self.backend, total_steps=c.trainer.steps, temperature=c.sampling.temperature)
+        # With agent roles every step updates each role's adapter: the schedule sees that many steps.
+        self.algorithm.setup(self.backend, total_steps=c.trainer.steps * max(1, len(self.roles)),
+                             temperature=c.sampling.temperature)
         self.sampler = TaskSampler(self.train_tasks, c.trainer.seed)
         self.group_size = int(self.algorithm.group_size)
         self.executor = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="env")
