@@ -78,9 +78,7 @@ class AgentExecutor:
         self.success_reward = success_reward
         if hasattr(solve, "timeout_s"):
             solve.timeout_s = timeout_s  # command agents kill their program at the timeout
-        self.defaults = SamplingDefaults(temperature=sampling.temperature, top_p=sampling.top_p,
-                                         max_new_tokens=sampling.max_new_tokens,
-                                         max_context_tokens=sampling.max_context_tokens, stop=tuple(sampling.stop))
+        self.defaults = SamplingDefaults.from_config(sampling)
         self.service = PolicyService(backend, self.defaults, models=tuple(models), fixed_sampling=True,
                                      max_batch=max_batch, max_wait_s=batch_wait_s, lock=policy_lock, roles=roles)
         self.server = PolicyServer(self.service, max_body_bytes=max_body_bytes).start()

@@ -113,11 +113,9 @@ def _serve(args: argparse.Namespace) -> int:
                                seed=config.trainer.seed)
     if folder is not None:
         backend.load(str(folder))
-    s = config.sampling
     models = ("policy",)
-    service = PolicyService(backend, SamplingDefaults(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                                                      max_context_tokens=s.max_context_tokens, stop=tuple(s.stop)),
-                            models=models, fixed_sampling=False, api_key=args.api_key)
+    service = PolicyService(backend, SamplingDefaults.from_config(config.sampling), models=models, fixed_sampling=False,
+                            api_key=args.api_key)
     server = PolicyServer(service, host=args.host, port=args.port, serving=True).start()
     what = f"checkpoint {folder}" if folder is not None else "the base model (no checkpoint)"
     print(f"serving {what} at {server.base_url()} (model '{models[0]}')")

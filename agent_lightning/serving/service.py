@@ -58,6 +58,12 @@ class SamplingDefaults:
     max_context_tokens: int = 2048
     stop: tuple[str, ...] = ()
 
+    @classmethod
+    def from_config(cls, sampling: Any) -> "SamplingDefaults":
+        """The settings of a ``sampling`` config section (``config.SamplingConfig``)."""
+        return cls(temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
+                   max_context_tokens=sampling.max_context_tokens, stop=tuple(sampling.stop))
+
 
 _FIELDS = {"model", "messages", "tools", "tool_choice", "temperature", "top_p", "max_tokens", "max_completion_tokens",
            "stream", "stream_options", "stop", "n", "seed", "user", "parallel_tool_calls", "frequency_penalty",
