@@ -196,6 +196,10 @@ class AgentConfig(_Strict):
     eval_tasks: str | None = Field(None, description="JSONL file of held-out tasks")
     held_out: float = Field(0.0, ge=0.0, lt=1.0, description="fraction of `tasks` held out when no eval_tasks")
     concurrency: int = Field(16, ge=1, description="episodes run at once")
+    workers: int = Field(0, ge=0, description=(
+        "worker processes the agents run in, each with its own interpreter lock (0: threads of the trainer's "
+        "process). Agents whose own Python work is heavy (HTTP clients, parsing, tools) stop competing with the "
+        "endpoint that answers them; results must pickle"))
     timeout_s: float = Field(300.0, gt=0.0, description="an episode running longer fails")
     max_batch: int = Field(16, ge=1, description="most calls sampled in one generate")
     batch_wait_ms: float = Field(25.0, ge=0.0, description="how long a call waits for others to share its batch "

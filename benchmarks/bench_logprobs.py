@@ -12,6 +12,9 @@ the ``reduction='none'`` case RL losses need):
 * ``ours``        ``agent_lightning.ops.token_logprobs`` (Triton on CUDA, chunked torch on CPU)
 * ``mm``          one plain ``torch.mm`` of the logits' shape, for scale: a linear layer's
                   forward + backward is three of these ("mm-equiv" = 3 * t_mm / t)
+* ``mm3``         those three matmuls themselves (logits, grad of hidden, grad of weight):
+                  the floor of an exact forward + backward. Ours does four (it recomputes the
+                  logits in the backward pass instead of storing them), so ~1.33x is its floor
 
 On CPU every method runs in a fresh process; its peak extra memory is the growth of the
 process' resident high-water mark over its first call (see ``_common.run_isolated``). On
@@ -46,7 +49,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-METHODS = ("naive", "selective", "torch_lce", "torch_lce_chunked", "liger", "ours", "mm")
+METHODS = ("naive", "selective", "torch_lce", "torch_lce_chunked", "liger", "ours", "mm", "mm3")
 CPU_SHAPES = [(4096, 576, 49152, "float32"), (2048, 896, 151936, "float32")]
 CUDA_SHAPES = CPU_SHAPES + [(8192, 2048, 128256, "bfloat16"), (16384, 4096, 151936, "bfloat16")]
 QUICK_SHAPES = [(512, 128, 8192, "float32")]
@@ -136,6 +139,17 @@ def method_fn(method: str, hidden, weight, targets, upstream):
         def run():
             with torch.no_grad():
                 torch.mm(hidden, weight.T, out=out)
+
+    elif method == "mm3":
+        out = torch.empty(hidden.shape[0], weight.shape[0], dtype=hidden.dtype, device=hidden.device)
+        grad_out = torch.randn_like(out)
+        grad_h, grad_w = torch.empty_like(hidden), torch.empty_like(weight)
+
+        def run():
+            with torch.no_grad():
+                torch.mm(hidden, weight.T, out=out)
+                torch.mm(grad_out, weight, out=grad_h)
+                torch.mm(grad_out.T, hidden, out=grad_w)
 
     else:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")

@@ -10,8 +10,7 @@ its episode only; the run goes on.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
+import concurrent.futures as futures
 import re
 import threading
 import time
@@ -19,6 +18,7 @@ from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 from agent_lightning.agents.llm import LLM
+from agent_lightning.agents.results import InvalidResult, run_agent
 from agent_lightning.agents.tasks import task_payload
 from agent_lightning.serving.server import PolicyServer
 from agent_lightning.serving.service import PolicyService, SamplingDefaults
@@ -27,29 +27,6 @@ from agent_lightning.types import Task, Trajectory
 
 def _url_safe(episode_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._~-]", "_", episode_id)
-
-
-def _interpret(result: Any) -> dict[str, Any]:
-    """The agent's return value as trajectory info (see ``agents.builtin``)."""
-    if result is None:
-        return {}
-    if isinstance(result, bool):
-        return {"agent_reward": float(result), "success": result}
-    if isinstance(result, (int, float)):
-        return {"agent_reward": float(result)}
-    if isinstance(result, dict):
-        info: dict[str, Any] = {}
-        if result.get("reward") is not None:
-            value = result["reward"]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"the agent's reward must be a number, not {type(value).__name__}")
-            info["agent_reward"] = float(value)
-        if "success" in result:
-            info["success"] = bool(result["success"])
-        if result.get("answer") is not None:
-            info["answer"] = str(result["answer"])
-        return info
-    return {"answer": str(result)}
 
 
 class AgentExecutor:
@@ -63,6 +40,9 @@ class AgentExecutor:
             the ``agent`` section's settings.
         models: The model names agents may ask for (the roles, with ``roles``).
         roles: Each model name is an agent role sampled with its own adapter.
+        processes: Run the agents in these worker processes (``agent.workers``) instead of
+            threads of this process; ``solve`` is then only the in-process copy that
+            validated the config.
     """
 
     name = "agent"
@@ -70,8 +50,9 @@ class AgentExecutor:
     def __init__(self, solve: Callable[..., Any], *, backend: Any, sampling: Any, concurrency: int = 16,
                  timeout_s: float = 300.0, max_batch: int = 16, batch_wait_s: float = 0.01,
                  max_body_bytes: int = 4 * 1024 * 1024, success_reward: float = 1.0, models: Sequence[str] = ("policy",),
-                 roles: bool = False, policy_lock: threading.Lock | None = None):
+                 roles: bool = False, policy_lock: threading.Lock | None = None, processes: Any = None):
         self.solve = solve
+        self.processes = processes
         self.backend = backend
         self.concurrency = max(1, concurrency)
         self.timeout_s = timeout_s
@@ -120,6 +101,8 @@ class AgentExecutor:
 
     def close(self) -> None:
         self.server.stop()
+        if self.processes is not None:
+            self.processes.close()
 
     # ------------------------------------------------------------------ one episode
 
@@ -130,24 +113,21 @@ class AgentExecutor:
             ledger = self.service.open_episode(key, seed_id=episode_id)
             llm = LLM(base_url=self.server.base_url(key), api_key=self.service.api_key, model=self.service.models[0],
                       episode_id=key)
-            outcome: dict[str, Any] = {}
-            runner = threading.Thread(target=self._call_agent, args=(task, llm, outcome), daemon=True,
-                                      name=f"agent-{index}-solve")
             started = time.monotonic()
-            runner.start()
-            runner.join(self.timeout_s)
+            future = self._start(task_payload(task), llm, index)
+            futures.wait([future], timeout=self.timeout_s)
             failure = None
             info: dict[str, Any] = {}
-            if runner.is_alive():
+            if not future.done():
                 failure = f"agent timed out after {self.timeout_s:g} s"
-            elif "error" in outcome:
-                exc = outcome["error"]
-                failure = f"agent raised {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}".rstrip(": ")
+            elif isinstance(future.exception(), InvalidResult):
+                failure = str(future.exception())
+            elif future.exception() is not None:
+                exc = future.exception()
+                kind = getattr(exc, "kind", type(exc).__name__)  # a worker process's error names the agent's type
+                failure = f"agent raised {kind}: {str(exc).splitlines()[0][:300] if str(exc) else ''}".rstrip(": ")
             else:
-                try:
-                    info = _interpret(outcome.get("result"))
-                except TypeError as exc:
-                    failure = str(exc)
+                info = future.result()
             self.service.close_episode(key)
             if failure is None and "agent_reward" not in info and ledger.episode_reward is not None:
                 info["agent_reward"] = ledger.episode_reward
@@ -168,15 +148,22 @@ class AgentExecutor:
         finally:
             slots.release()
 
-    def _call_agent(self, task: Task, llm: LLM, outcome: dict[str, Any]) -> None:
+    def _start(self, payload: dict, llm: LLM, index: int) -> futures.Future:
+        """Run the agent on one task, in a worker process or on a thread of this one: a future
+        of its result as trajectory info (``results.run_agent``)."""
+        future: futures.Future = futures.Future()
+        if self.processes is not None:
+            try:
+                return self.processes.submit(payload, llm)
+            except Exception as exc:  # noqa: BLE001 - e.g. a worker that cannot be restarted: this episode fails
+                future.set_exception(exc)
+                return future
+        threading.Thread(target=self._call_agent, args=(payload, llm, future), daemon=True,
+                         name=f"agent-{index}-solve").start()
+        return future
+
+    def _call_agent(self, payload: dict, llm: LLM, future: futures.Future) -> None:
         try:
-            result = self.solve(task_payload(task), llm)
-            if inspect.isawaitable(result):
-                result = asyncio.run(_await(result))
-            outcome["result"] = result
+            future.set_result(run_agent(self.solve, payload, llm))
         except BaseException as exc:  # noqa: BLE001 - the agent's failure fails its episode only
-            outcome["error"] = exc
-
-
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
+            future.set_exception(exc)

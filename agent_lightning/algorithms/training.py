@@ -57,8 +57,9 @@ class OptimizerOptions(BaseModel):
     lr: float = Field(1e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0, description="trainer steps of linear warmup")
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description=(
+        "learning rate after warmup: constant, or decayed (linear, cosine) to 0 at the run's last trainer step"))
     max_grad_norm: float = Field(1.0, ge=0)
     epochs: int = Field(1, ge=1, description="passes over each step's data (rollouts, pairs)")
     minibatches: int = Field(1, ge=1, description="optimizer steps per pass")
@@ -81,10 +82,16 @@ class PolicyGradientOptions(OptimizerOptions):
 def configure_optimizer(backend: Backend, options: OptimizerOptions, total_steps: int,
                         extra_param_groups: tuple[dict[str, Any], ...] = ()) -> None:
     """AdamW with the options' learning-rate schedule; ``extra_param_groups`` (a value head,
-    a critic) are stepped, clipped and checkpointed with the policy."""
+    a critic) are stepped, clipped and checkpointed with the policy.
+
+    ``total_steps`` and ``warmup_steps`` count trainer steps; the backend's scheduler advances
+    once per optimizer update, ``epochs x minibatches`` of them per trainer step, so both are
+    scaled to updates (without that, ``minibatches: 4`` decayed the rate to 0 a quarter of the
+    way through the run)."""
     kwargs: dict[str, Any] = {"extra_param_groups": extra_param_groups} if extra_param_groups else {}
+    updates = options.epochs * options.minibatches
     backend.configure_optimizer(lr=options.lr, weight_decay=options.weight_decay, betas=options.betas,
-                                warmup_steps=options.warmup_steps, total_steps=total_steps,
+                                warmup_steps=options.warmup_steps * updates, total_steps=total_steps * updates,
                                 schedule=options.schedule, **kwargs)
     snapshot = optional(backend, Backend, "reference_model")
     if getattr(options, "kl_coef", 0) > 0 and snapshot is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import secrets
 import sys
 import threading
@@ -65,6 +66,10 @@ class SamplingDefaults:
                    max_context_tokens=sampling.max_context_tokens, stop=tuple(sampling.stop))
 
 
+_ENCODE_CACHE, _ENCODE_CACHE_CHARS = 4096, 16 * 1024 * 1024
+"""Renderings kept by :meth:`PolicyService._encoded`: at most this many, keyed by at most this
+many characters of messages in all (least recently used go first)."""
+
 _FIELDS = {"model", "messages", "tools", "tool_choice", "temperature", "top_p", "max_tokens", "max_completion_tokens",
            "stream", "stream_options", "stop", "n", "seed", "user", "parallel_tool_calls", "frequency_penalty",
            "presence_penalty", "logprobs", "top_logprobs", "metadata", "store", "response_format", "logit_bias",
@@ -113,6 +118,9 @@ class PolicyService:
         self._closed_set: set[str] = set()
         self._episodes_lock = threading.Lock()
         self._anonymous = 0
+        self._encode_cache: collections.OrderedDict[str, tuple[int, ...]] = collections.OrderedDict()
+        self._encode_lock = threading.Lock()
+        self._encode_chars = 0
 
     # ------------------------------------------------------------------ episodes
 
@@ -161,15 +169,35 @@ class PolicyService:
 
     def _encode_prompt(self, messages: list[dict], tools: list[dict] | None) -> list[int]:
         rendered = msgs.for_template(messages)
-        if tools:
-            return self.backend.encode_prompt(rendered, tools=tools)  # type: ignore[call-arg]
-        return self.backend.encode_prompt(rendered)
+        return self._encoded(("prompt", rendered, tools or None), lambda: (
+            self.backend.encode_prompt(rendered, tools=tools) if tools  # type: ignore[call-arg]
+            else self.backend.encode_prompt(rendered)))
 
     def _encode_continuation(self, messages: list[dict], tools: list[dict] | None, after_stop: bool) -> list[int]:
         rendered = msgs.for_template(messages)
-        if tools:
-            return self.backend.encode_observation(rendered, after_stop=after_stop, tools=tools)  # type: ignore[call-arg]
-        return self.backend.encode_observation(rendered, after_stop=after_stop)
+        return self._encoded(("continuation", rendered, tools or None, after_stop), lambda: (
+            self.backend.encode_observation(rendered, after_stop=after_stop, tools=tools) if tools  # type: ignore[call-arg]
+            else self.backend.encode_observation(rendered, after_stop=after_stop)))
+
+    def _encoded(self, key: tuple, encode: Any) -> list[int]:
+        """``encode()`` through a cache of recent renderings: agents resend the same system prompt,
+        task prompt (once per group member) and tool results, and a chat template's Jinja
+        rendering costs more than the rest of a call's handling together."""
+        text = json.dumps(key, ensure_ascii=False, default=repr)  # key order kept: a template may iterate it
+        with self._encode_lock:
+            ids = self._encode_cache.get(text)
+            if ids is not None:
+                self._encode_cache.move_to_end(text)
+                return list(ids)
+        ids = tuple(encode())
+        with self._encode_lock:
+            if text not in self._encode_cache:
+                self._encode_cache[text] = ids
+                self._encode_chars += len(text)
+            while len(self._encode_cache) > _ENCODE_CACHE or self._encode_chars > _ENCODE_CACHE_CHARS:
+                old, _ = self._encode_cache.popitem(last=False)
+                self._encode_chars -= len(old)
+        return list(ids)
 
     # ------------------------------------------------------------------ calls
 

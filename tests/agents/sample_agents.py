@@ -63,3 +63,29 @@ def summarising(task, llm):
         if turn == 1:
             messages = [messages[0], {"role": "user", "content": "lower than 3"}]
     return 1.0
+
+
+def pid_agent(task, llm):
+    """One call; returns its process id as the answer and reward 1."""
+    import os
+
+    _client(llm).chat.completions.create(model=llm.model, messages=[{"role": "user", "content": "guess"}])
+    return {"reward": 1.0, "answer": str(os.getpid())}
+
+
+def dies_on_two(task, llm):
+    """Kills its own process (SIGKILL) on secret 2 after one call; a wrong reward type on 4;
+    raises on 5; else reward 1."""
+    import os
+    import signal
+
+    number = int(task["id"].split("-")[1])
+    _client(llm).chat.completions.create(model=llm.model, messages=[{"role": "user", "content": "guess"}])
+    if number == 2:
+        time.sleep(0.5)  # the others have started
+        os.kill(os.getpid(), signal.SIGKILL)
+    if number == 4:
+        return {"reward": "high"}
+    if number == 5:
+        raise ValueError("five is not allowed")
+    return 1.0

@@ -36,6 +36,7 @@ def test_a_registered_agent_is_chosen_by_name_with_its_options(tmp_path):
     manager = build_plugin_manager(autoload=False, strict=True, extra_plugins=[("fixed-guess-plugin", Plugin())])
     assert {"fixed-guess", "entrypoint", "command"} <= set(manager.agents.names())
     config = load_config("quickstart-agent", ["agent.entrypoint=null", "agent.name=fixed-guess", "agent.options={guess: 2}",
+                                              "agent.workers=0",  # registered in this process only
                                               "trainer.steps=1", "trainer.batch_size=6", "algorithm.group_size=1",
                                               "trainer.eval_episodes=6", "trackers=[jsonl]", "trainer.checkpoint_every=0"])
     Trainer(config, tmp_path / "run", plugin_manager=manager).run()

@@ -232,6 +232,23 @@ def test_torch_tilings_agree(chunk_rows, vocab_tile):
     _check_against_reference(hidden, weight, b, targets, TokenLogprobs(lp, ent, None), 0.8, gen)
 
 
+@pytest.mark.parametrize("entropy", [False, True])
+def test_a_non_finite_row_is_nan_and_leaves_the_others_alone(entropy):
+    gen = torch.Generator().manual_seed(14)
+    hidden, weight, _, targets = _leaves(gen, 9, 16, 61)
+    with torch.no_grad():
+        hidden[2, 3] = float("nan")
+        hidden[5, 0] = float("inf")
+    lp, ent = chunked_token_logprobs(hidden, weight, targets, None, 1.0, entropy, 4, 16)
+    (lp.nan_to_num().sum() + (ent.nan_to_num().sum() if entropy else 0)).backward()
+    bad = torch.tensor([i in (2, 5) for i in range(9)])
+    assert lp[bad].isnan().all() and lp[~bad].isfinite().all()
+    if entropy:
+        assert ent[bad].isnan().all() and ent[~bad].isfinite().all()
+    ref_lp, ref_ent = _reference(hidden.detach()[~bad], weight.detach(), targets[~bad], None, 1.0)
+    torch.testing.assert_close(lp[~bad].detach().double(), ref_lp, atol=1e-5, rtol=1e-5)
+
+
 def test_torch_float64_stays_float64():
     gen = torch.Generator().manual_seed(13)
     hidden, weight, _, targets = _leaves(gen, 11, 8, 30, dtype=torch.float64)

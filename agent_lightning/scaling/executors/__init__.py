@@ -119,11 +119,12 @@ def _ray_executor(config: Any, options: dict[str, Any], *, backend: Backend, plu
 
 
 def _agent_executor(config: Any, section: Any, *, backend: Backend, plugin_manager: Any) -> RolloutExecutor:
-    """``agent:`` runs: the agent plays through the policy endpoint, in process (the endpoint
-    batches every episode's calls into shared generate calls)."""
+    """``agent:`` runs: the agent plays through the policy endpoint of this process (which
+    batches every episode's calls into shared generate calls), on threads here or in
+    ``agent.workers`` worker processes."""
     from agent_lightning.agents.runner import AgentExecutor
     from agent_lightning.config import ConfigError
-    from agent_lightning.plugins import create_component
+    from agent_lightning.plugins import create_component, get_plugin_manager
 
     if section.name != "inprocess" or section.options:
         raise ConfigError("trainer.executor: agent runs play in process (the endpoint batches their calls); "
@@ -131,7 +132,23 @@ def _agent_executor(config: Any, section: Any, *, backend: Backend, plugin_manag
     a = config.agent
     name, options = a.factory
     solve = create_component(plugin_manager, "agent", "agent", name, **options)
-    return AgentExecutor(solve, backend=backend, sampling=config.sampling, concurrency=a.concurrency,
-                         timeout_s=a.timeout_s, max_batch=a.max_batch, batch_wait_s=a.batch_wait_ms / 1000.0,
-                         max_body_bytes=a.max_body_bytes, success_reward=a.success_reward,
-                         models=tuple(a.roles) or ("policy",), roles=bool(a.roles))
+    processes = None
+    if a.workers:
+        from agent_lightning.agents.processes import AgentProcesses
+
+        if name not in get_plugin_manager().registries["agent"]:
+            raise ConfigError(f"agent.workers: agent '{name}' is registered in the trainer's process only, not through "
+                              "an installed plugin, so worker processes cannot build it; set agent.workers: 0")
+        try:
+            processes = AgentProcesses(name, options, workers=a.workers, timeout_s=a.timeout_s)
+        except RuntimeError as exc:
+            raise ConfigError(f"agent.workers: {exc}") from None
+    try:
+        return AgentExecutor(solve, backend=backend, sampling=config.sampling, concurrency=a.concurrency,
+                             timeout_s=a.timeout_s, max_batch=a.max_batch, batch_wait_s=a.batch_wait_ms / 1000.0,
+                             max_body_bytes=a.max_body_bytes, success_reward=a.success_reward,
+                             models=tuple(a.roles) or ("policy",), roles=bool(a.roles), processes=processes)
+    except BaseException:
+        if processes is not None:
+            processes.close()
+        raise
