@@ -91,7 +91,9 @@ def _train(config: "RunConfig", run_dir: Path, *, resume: bool, signals: "StopSi
     trainer = Trainer(config, run_dir)
     info = trainer.describe()
     say(f"policy: {info.get('model/parameters', '?'):,} parameters ({info.get('model/trainable_parameters', '?'):,} trainable) "
-          f"on {info.get('model/device', '?')}; training log-probs: {info['ops/token_logprobs']} "
+          f"on {info.get('model/device', '?')}"
+          + (f" ({info['model/autocast']} autocast)" if info.get("model/autocast", "off") != "off" else "")
+          + f"; training log-probs: {info['ops/token_logprobs']} "
           "(from hidden states, never [tokens x vocab] logits)", flush=True)
     result = trainer.run(resume=resume, signals=signals)
     if result.stopped_by:

@@ -207,3 +207,60 @@ def test_generation_unchanged_by_packed_attention():
         assert use_packed_attention(model)
         got = model.generate(prompt, **kwargs)
     assert torch.equal(got, want)
+
+
+def test_length_buckets_cover_every_sequence_within_the_padding_budget():
+    import random
+
+    from agent_lightning.backends.transformers.modeling import PADDING_BUDGET, length_buckets
+
+    rng = random.Random(3)
+    for _ in range(50):
+        sizes = [rng.choice([0, 1, rng.randint(1, 600)]) for _ in range(rng.randint(1, 40))]
+        buckets = length_buckets(sizes)
+        assert sorted(i for b in buckets for i in b) == [i for i, n in enumerate(sizes) if n]
+        for bucket in buckets:
+            longest = max(sizes[i] for i in bucket)
+            own = sum(sizes[i] ** 2 for i in bucket)
+            assert len(bucket) == 1 or len(bucket) * longest**2 <= (1 + PADDING_BUDGET) * own
+
+
+@pytest.mark.parametrize("heads,kv_heads,value_dim", [(4, 4, 8), (6, 2, 8), (4, 4, 5)])
+def test_bucketed_attention_equals_one_call_per_sequence(heads, kv_heads, value_dim):
+    import torch.nn.functional as F
+
+    from agent_lightning.backends.transformers.modeling import _bucketed_causal_sdpa
+
+    gen = torch.Generator().manual_seed(5)
+    sizes = [7, 1, 0, 30, 29, 3, 64, 8, 8, 2]
+    total, dim = sum(sizes), 8
+    q = torch.randn(1, heads, total, dim, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, kv_heads, total, dim, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, kv_heads, total, value_dim, generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(1, total, heads, value_dim, generator=gen, dtype=torch.float64)
+    ours = _bucketed_causal_sdpa(q, k, v, sizes, None, 0.0, kv_heads != heads)
+    grads = torch.autograd.grad((ours * upstream).sum(), (q, k, v))
+    reference = torch.cat([
+        F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=kv_heads != heads).transpose(1, 2)
+        for qs, ks, vs in zip(*(t.split(sizes, dim=2) for t in (q, k, v))) if qs.shape[2]], dim=1)
+    ref_grads = torch.autograd.grad((reference * upstream).sum(), (q, k, v))
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_row_of_many_sequences_takes_the_bucketed_path_and_equals_padded(monkeypatch):
+    from agent_lightning.backends.transformers import modeling
+
+    calls = []
+    real = modeling._bucketed_causal_sdpa
+    monkeypatch.setattr(modeling, "_bucketed_causal_sdpa", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = tiny_model("llama", seed=4)
+    lengths = [1 + (i * 7) % 23 for i in range(modeling.BUCKETED_MIN_SEQUENCES + 6)]
+    seqs, flat, layout = random_batch(lengths, seed=12)
+    with torch.no_grad():
+        want = padded_logprobs(model, seqs)
+        got = packed_logprobs(model, flat, layout)
+    assert len(calls) == model.config.num_hidden_layers  # one bucketed call per layer
+    for i, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"sequence {i} (length {lengths[i]})")

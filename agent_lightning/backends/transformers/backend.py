@@ -78,6 +78,9 @@ class TransformersBackend:
         self.stop_ids = self.chat.stop_token_ids()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.autocast = backend_config.autocast
+        if self.autocast is not None and self.is_lora and not model_config.quantization:
+            _frozen_linears_to(self.model, getattr(torch, self.autocast))
         from agent_lightning.backends.transformers.modeling import causal_lm
 
         # transformers 5.x renamed past_key_values to cache; ask the causal LM (not a peft wrapper).
@@ -151,7 +154,7 @@ class TransformersBackend:
         cache = None
         step_ids, step_pos = ids, positions
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self._compute():
                 if shared:
                     # The prompts' common prefix (system prompt, worked examples) is encoded once
                     # and its KV cache copied to every row; rows then read [prefix | pad | suffix].
@@ -269,7 +272,7 @@ class TransformersBackend:
             context_adapter = self.model.disable_adapter()
         else:
             context_adapter = contextlib.nullcontext()
-        with context, context_adapter:
+        with context, context_adapter, self._compute():
             hidden = modeling.final_hidden_states(
                 model, batch.input_ids.to(self.device), batch.position_ids.to(self.device),
                 batch.cu_seqlens.to(self.device),
@@ -282,6 +285,17 @@ class TransformersBackend:
                                      temperature=temperature, return_entropy=with_entropy)
         result = (out.logprobs, out.entropy) if with_entropy else (out, None)
         return (*result, hidden[index - 1]) if with_hidden else result
+
+    def _compute(self) -> Any:
+        """The forward passes' precision context: ``torch.autocast`` in ``backend.autocast``'s dtype,
+        or nothing (float32 throughout)."""
+        import contextlib
+
+        import torch
+
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=getattr(torch, self.autocast))
 
     def reference_model(self) -> Any:
         """The frozen reference: the base model with adapters off (LoRA), else a frozen copy."""
@@ -435,7 +449,25 @@ class TransformersBackend:
     def describe(self) -> dict[str, Any]:
         total = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.trainable_parameters())
-        return {"model/parameters": total, "model/trainable_parameters": trainable, "model/device": str(self.device)}
+        return {"model/parameters": total, "model/trainable_parameters": trainable, "model/device": str(self.device),
+                "model/autocast": self.autocast or "off"}
+
+
+def _frozen_linears_to(model: Any, dtype: Any) -> None:
+    """Store the frozen base's decoder ``Linear`` weights in ``dtype`` (LoRA under autocast).
+
+    Autocast caches its low-precision copy of a weight only for weights that require grad;
+    frozen ones are cast again at every call — every decoded token — which made LoRA under
+    autocast slower than float32. A frozen weight needs no float32 master copy, so it is kept
+    in ``dtype`` (half the memory too). The adapters, embeddings, norms and the lm head
+    (tied to the embeddings in many models; the training log-probs read it) stay float32.
+    """
+    import torch
+
+    for name, module in model.named_modules():
+        if (isinstance(module, torch.nn.Linear) and "lora_" not in name and not name.endswith("lm_head")
+                and not module.weight.requires_grad):
+            module.to(dtype)
 
 
 def role_adapter_file(role: str) -> str:
