@@ -240,7 +240,8 @@ class AgentConfig(_Strict):
         if self.entrypoint is not None:
             return "entrypoint", {"target": self.entrypoint, **self.options}
         if self.command is not None:
-            return "command", {"command": list(self.command), **({"sandbox": True} if self.sandbox else {}), **self.options}
+            return "command", {"command": list(self.command), "timeout_s": self.timeout_s,
+                               **({"sandbox": True} if self.sandbox else {}), **self.options}
         return str(self.name), dict(self.options)
 
 

@@ -78,7 +78,7 @@ class CommandAgent:
     """
 
     def __init__(self, command: Sequence[str], *, cwd: str | None = None, env: dict[str, str] | None = None,
-                 sandbox: bool = False):
+                 sandbox: bool = False, timeout_s: float | None = None):
         if isinstance(command, str) or not command or not all(isinstance(c, str) and c for c in command):
             raise ValueError(f"agent.command: expected a list of program and arguments, got {command!r}")
         self.command = list(command)
@@ -87,7 +87,7 @@ class CommandAgent:
         self.sandbox = bool(sandbox)
         if self.sandbox and shutil.which("bwrap") is None:
             raise ValueError("agent.sandbox: needs bubblewrap (apt-get install bubblewrap)")
-        self.timeout_s: float | None = None  # set by the runner (agent.timeout_s)
+        self.timeout_s = timeout_s  # agent.timeout_s: the program is killed at it
 
     def __call__(self, task: dict, llm: Any) -> Any:
         env = {**os.environ, **self.env, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": llm.api_key,

@@ -10,7 +10,7 @@ ledgers and every decision (timeouts, failures, rewards).
 
 Messages over a private socket pair (pickled, ``multiprocessing.connection``)::
 
-    trainer -> worker   ("init", spec)                   spec: name, options, sys.path, timeout_s
+    trainer -> worker   ("init", spec)                   spec: name, options, sys.path
     worker  -> trainer  ("ready",) | ("failed", message)
     trainer -> worker   ("run", job, task, llm)          task: the payload dict; llm: LLM
     worker  -> trainer  ("done", job, "ok", info) | ("done", job, "invalid", message)
@@ -141,9 +141,8 @@ class AgentProcesses:
     as ``InvalidResult``. A dead worker is replaced at the next submit.
     """
 
-    def __init__(self, name: str, options: dict[str, Any], *, workers: int = 1, timeout_s: float | None = None,
-                 start_timeout_s: float = 60.0):
-        self.spec = {"name": name, "options": dict(options), "sys_path": list(sys.path), "timeout_s": timeout_s}
+    def __init__(self, name: str, options: dict[str, Any], *, workers: int = 1, start_timeout_s: float = 60.0):
+        self.spec = {"name": name, "options": dict(options), "sys_path": list(sys.path)}
         self.start_timeout_s = start_timeout_s
         self._jobs = itertools.count()
         self._lock = threading.Lock()
@@ -178,10 +177,7 @@ def _build(spec: dict[str, Any]) -> Any:
 
     known = set(sys.path)
     sys.path[:0] = [p for p in spec["sys_path"] if p not in known]
-    solve = create_component(get_plugin_manager(), "agent", "agent", spec["name"], **spec["options"])
-    if hasattr(solve, "timeout_s"):
-        solve.timeout_s = spec["timeout_s"]  # command agents kill their program at the timeout
-    return solve
+    return create_component(get_plugin_manager(), "agent", "agent", spec["name"], **spec["options"])
 
 
 def _run(solve: Any, conn: Any, send_lock: threading.Lock, job: int, task: dict, llm: Any) -> None:

@@ -57,8 +57,6 @@ class AgentExecutor:
         self.concurrency = max(1, concurrency)
         self.timeout_s = timeout_s
         self.success_reward = success_reward
-        if hasattr(solve, "timeout_s"):
-            solve.timeout_s = timeout_s  # command agents kill their program at the timeout
         self.defaults = SamplingDefaults.from_config(sampling)
         self.service = PolicyService(backend, self.defaults, models=tuple(models), fixed_sampling=True,
                                      max_batch=max_batch, max_wait_s=batch_wait_s, lock=policy_lock, roles=roles)
@@ -152,15 +150,15 @@ class AgentExecutor:
         """Run the agent on one task, in a worker process or on a thread of this one: a future
         of its result as trajectory info (``results.run_agent``)."""
         future: futures.Future = futures.Future()
-        if self.processes is not None:
-            try:
-                return self.processes.submit(payload, llm)
-            except Exception as exc:  # noqa: BLE001 - e.g. a worker that cannot be restarted: this episode fails
-                future.set_exception(exc)
-                return future
-        threading.Thread(target=self._call_agent, args=(payload, llm, future), daemon=True,
-                         name=f"agent-{index}-solve").start()
-        return future
+        if self.processes is None:
+            threading.Thread(target=self._call_agent, args=(payload, llm, future), daemon=True,
+                             name=f"agent-{index}-solve").start()
+            return future
+        try:
+            return self.processes.submit(payload, llm)
+        except Exception as exc:  # noqa: BLE001 - e.g. a worker that cannot be restarted: this episode fails
+            future.set_exception(exc)
+            return future
 
     def _call_agent(self, payload: dict, llm: LLM, future: futures.Future) -> None:
         try:

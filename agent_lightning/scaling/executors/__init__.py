@@ -140,7 +140,7 @@ def _agent_executor(config: Any, section: Any, *, backend: Backend, plugin_manag
             raise ConfigError(f"agent.workers: agent '{name}' is registered in the trainer's process only, not through "
                               "an installed plugin, so worker processes cannot build it; set agent.workers: 0")
         try:
-            processes = AgentProcesses(name, options, workers=a.workers, timeout_s=a.timeout_s)
+            processes = AgentProcesses(name, options, workers=a.workers)
         except RuntimeError as exc:
             raise ConfigError(f"agent.workers: {exc}") from None
     try:
