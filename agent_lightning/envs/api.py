@@ -20,6 +20,18 @@ be set on create); delete done todos with a tag; rename a todo; raise the priori
 todos due before a day; count open todos due before a day; count open todos with a tag.
 Success is read from the service's state when the episode ends (every todo not targeted
 must be unchanged) and, for questions, from the answer. Reward: 1.0 on success, else 0.
+
+Prompt options (defaults give the tasks above unchanged), for small models where every
+prompt token costs time:
+
+* ``families`` — tasks cycle only through these families (``None``: all); the seed of task
+  ``i`` of a split does not depend on them, and the id still names the family.
+* ``spec`` — ``"openapi"`` (the JSON document after the goal) or ``"brief"`` (one line per
+  operation and one for a Todo's fields, derived from the document by
+  ``api_demos.brief_spec``, once at the end of the system message).
+* ``demonstrations`` — that many worked episodes (one scripted solution per family, in
+  order, cycling) as chat turns between the system prompt and the task; their
+  observations come from running the actions against a real service on a demo-only state.
 """
 
 from __future__ import annotations
@@ -27,11 +39,11 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import quote
 
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Observation, StepResult, Task, check_split
+from agent_lightning.types import Message, Observation, StepResult, Task, check_split
 
 TODAY = ("Monday", "2026-03-02")
 WEEKDAYS = {"Tuesday": "2026-03-03", "Wednesday": "2026-03-04", "Thursday": "2026-03-05", "Friday": "2026-03-06"}
@@ -52,6 +64,13 @@ SYSTEM_PROMPT = (
     "answer \"text\"              finish with an answer (for questions)\n"
     "done                       finish (for goals that change the todos)\n"
     "Each request is answered with its HTTP status and JSON body.")
+# spec option -> (how the system prompt names the listing, the user message's heading for it)
+SPECS = ("openapi", "brief")
+# "brief" puts its listing once, at the end of the system message (the user turn is the goal alone): a 135M
+# model given the listing right above its reply copied a listing line ("DELETE /todos/{id} - ...") as its
+# action on every task, demonstration or not; with the listing in the system message it copies the example.
+# A worked example may take at most this many actions (the finishing one included): it costs prompt tokens.
+MAX_DEMO_ACTIONS = 4
 
 _REQUEST = re.compile(r"^(GET|POST|PUT|PATCH|DELETE)\s+(\S+)\s*(.*)$", re.I)
 _ANSWER = re.compile(r"^answer\s*:?\s*(?:\"(.*)\"|'(.*)'|(.*))$", re.I)
@@ -137,20 +156,39 @@ def _make_task(family: str, rng: random.Random) -> tuple[str, list[dict[str, Any
             return goal, todos, check
 
 
-def make_tasks(split: str, count: int) -> list[Task]:
-    """``count`` tasks of ``split``, cycling through the families; deterministic."""
+def spec_messages(spec: str = "openapi") -> tuple[Message, str]:
+    """The system message and the user message's API part for ``spec`` ("openapi": the document after the
+    goal; "brief": the listing at the end of the system message, and no API part)."""
+    from agent_lightning.envs.api_demos import brief_spec
     from agent_lightning.envs.api_service import openapi_document
 
-    spec = json.dumps(openapi_document(), separators=(",", ":"))
-    out = []
+    document = openapi_document()
+    if spec == "brief":
+        intro = SYSTEM_PROMPT.replace("(its OpenAPI document follows the goal)", "(its operations are listed below)")
+        return {"role": "system", "content": f"{intro}\n\nAPI:\n{brief_spec(document)}"}, ""
+    return {"role": "system", "content": SYSTEM_PROMPT}, f"OpenAPI document:\n{json.dumps(document, separators=(',', ':'))}"
+
+
+def build_task(task_id: str, split: str, family: str, seed: str, api: str,
+               context: Sequence[Message]) -> Task:
+    """The task of ``family`` drawn from ``seed``; its prompt is ``context`` then the user message."""
+    goal, todos, check = _make_task(family, random.Random(seed))
+    user = f"Today is {TODAY[0]} {TODAY[1]}.\nGoal: {goal}" + (f"\n\n{api}" if api else "")
+    return Task(id=task_id, split=split, prompt=(*context, {"role": "user", "content": user}),
+                reference={"family": family, "goal": goal, "todos": todos, **check})
+
+
+def make_tasks(split: str, count: int, families: Sequence[str] = FAMILIES, spec: str = "openapi",
+               demonstrations: Sequence[Message] = ()) -> list[Task]:
+    """``count`` tasks of ``split``, cycling through ``families``; deterministic (task ``i`` is
+    seeded by split and ``i``). ``demonstrations`` go between the system and the user message."""
+    system, api = spec_messages(spec)
+    tasks = []
     for i in range(count):
-        family = FAMILIES[i % len(FAMILIES)]
-        goal, todos, check = _make_task(family, random.Random(f"agent-lightning-api-{split}-{i}"))
-        user = f"Today is {TODAY[0]} {TODAY[1]}.\nGoal: {goal}\n\nOpenAPI document:\n{spec}"
-        out.append(Task(id=f"api-{split}-{i:03d}-{family}", split=split,
-                        prompt=({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}),
-                        reference={"family": family, "goal": goal, "todos": todos, **check}))
-    return out
+        family = families[i % len(families)]
+        tasks.append(build_task(f"api-{split}-{i:03d}-{family}", split, family, f"agent-lightning-api-{split}-{i}",
+                                api, (system, *demonstrations)))
+    return tasks
 
 
 def judge(reference: Any, state: list[dict[str, Any]], answer: str | None) -> bool:
@@ -181,15 +219,30 @@ class ApiEnv:
     description = "call a real local JSON to-do API (OpenAPI-described) over HTTP to reach goals (multi-turn)"
 
     def __init__(self, max_turns: int = 10, num_train: int = 70, num_eval: int = 28,
-                 request_timeout_s: float = 5.0, max_body_chars: int = 2000):
+                 request_timeout_s: float = 5.0, max_body_chars: int = 2000,
+                 families: Sequence[str] | None = None, spec: str = "openapi", demonstrations: int = 0):
         if max_turns < 1:
             raise ValueError(f"environment.max_turns must be >= 1, got {max_turns}")
         if num_train < 1 or num_eval < 1:
             raise ValueError(f"environment.num_train/num_eval must be >= 1, got {num_train}/{num_eval}")
+        families = [families] if isinstance(families, str) else families
+        unknown = [f for f in families or () if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"environment.families: unknown {unknown} (known: {', '.join(FAMILIES)})")
+        if families is not None and not families:
+            raise ValueError(f"environment.families: empty; name some of {', '.join(FAMILIES)} or leave it unset")
+        if spec not in SPECS:
+            raise ValueError(f"environment.spec must be one of {', '.join(map(repr, SPECS))}, got {spec!r}")
+        if demonstrations < 0:
+            raise ValueError(f"environment.demonstrations must be >= 0, got {demonstrations}")
         self.max_turns = max_turns
         self.num_tasks = {"train": num_train, "eval": num_eval}
         self.request_timeout_s = request_timeout_s
         self.max_body_chars = max_body_chars
+        self.families = tuple(families) if families is not None else FAMILIES
+        self.spec = spec
+        self.demonstrations = demonstrations
+        self._demos: list[tuple[Task, tuple[Message, ...]]] | None = None
         self._server: Any = None
         self._task: Task | None = None
         self._turn = 0
@@ -200,7 +253,41 @@ class ApiEnv:
 
     def tasks(self, split: str) -> list[Task]:
         check_split("api", split)
-        return make_tasks(split, self.num_tasks[split])
+        demos = [m for _, messages in self.demonstration_episodes() for m in messages]
+        return make_tasks(split, self.num_tasks[split], self.families, self.spec, demos)
+
+    def demonstration_episodes(self) -> list[tuple[Task, tuple[Message, ...]]]:
+        """The worked examples: ``(demo task, its turns)`` per example, built once per instance.
+
+        Example ``n`` solves family ``families[n % len(families)]`` with ``api_demos.SOLVERS``
+        on a state drawn from a demo-only seed (the first with at most ``MAX_DEMO_ACTIONS``
+        actions); the turns are the task's user message, then each action (assistant) and the
+        observation (user) a real service returned for it, ending with the finishing action.
+        """
+        if self._demos is None:
+            from agent_lightning.envs.api_demos import SOLVERS
+
+            system, api = spec_messages(self.spec)
+            player = ApiEnv(max_turns=MAX_DEMO_ACTIONS, request_timeout_s=self.request_timeout_s,
+                            max_body_chars=self.max_body_chars)
+            demos = []
+            try:
+                for n in range(self.demonstrations):
+                    family = self.families[n % len(self.families)]
+                    for attempt in range(100):
+                        task = build_task(f"api-demo-{n:03d}-{family}", "train", family,
+                                          f"agent-lightning-api-demo-{family}-{n // len(self.families)}-{attempt}",
+                                          api, (system,))
+                        turns = _play(player, task, SOLVERS[family](task.reference["goal"]))
+                        if turns is not None:
+                            demos.append((task, turns))
+                            break
+                    else:
+                        raise RuntimeError(f"environment.demonstrations: no short worked example for '{family}'")
+            finally:
+                player.close()
+            self._demos = demos
+        return self._demos
 
     def reset(self, task: Task) -> Observation:
         if self._server is None:
@@ -268,6 +355,26 @@ class ApiEnv:
             self._server.stop()
             self._server = None
         self._task = None
+
+
+def _play(env: ApiEnv, task: Task, solver: Any) -> tuple[Message, ...] | None:
+    """``task``'s user message and the turns of ``solver`` played in ``env``; ``None`` when it
+    needs more than ``env.max_turns`` actions. Raises when the scripted episode fails."""
+    env.reset(task)
+    turns: list[Message] = [task.prompt[-1]]
+    action = next(solver)
+    while True:
+        result = env.step(action)
+        turns.append({"role": "assistant", "content": action})
+        if result.done:
+            break
+        turns.append(result.observation.messages[0])
+        action = solver.send(result.observation.messages[0]["content"])
+    if parse_action(action)[0] != "answer":
+        return None  # ran out of turns before the finishing action
+    if not result.info["success"]:
+        raise RuntimeError(f"environment.demonstrations: the worked example {task.id} fails its goal")
+    return tuple(turns)
 
 
 @hookimpl

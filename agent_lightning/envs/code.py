@@ -9,6 +9,12 @@ answers with the test output, so the model may fix its code within ``max_attempt
 Reward: the fraction of tests the last attempt passed, paid when the episode ends (all
 tests pass or attempts run out); ``info`` carries ``tests_passed``, ``tests_total``,
 ``tests_fraction`` each attempt, plus ``format_errors`` and ``sandbox_timeouts``.
+
+Options for small models: ``levels`` picks the problem sets (``"standard"``, the default: 26
+train / 10 eval problems; ``"basic"``: 36 / 12 one-to-three-line functions such as ``square``
+or ``reverse_string`` that a 135M model can learn); ``demonstrations`` places that many worked
+examples (demo-only problems from ``code_demos``, formatted exactly like a task, answered with
+the function in a fenced block) as chat turns between the system prompt and the task.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import functools
 import importlib.resources
 import json
 import re
-from typing import Any
+from typing import Any, Sequence
 
+from agent_lightning.envs.code_demos import DEMOS, demo_reply
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.types import Observation, StepResult, Task, check_split
 
+LEVELS = ("standard", "basic")  # the ``level`` of each shipped problem
 _LANG = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")
 
 SYSTEM_PROMPT = ("You write correct, self-contained Python 3 functions using only the standard library. "
@@ -86,9 +94,18 @@ class CodeEnv:
 
     def __init__(self, max_attempts: int = 3, timeout_s: float = 10.0, per_test_timeout_s: float = 2.0,
                  memory_mb: int = 256, sandbox_backend: str | None = None, allow_unsafe_sandbox: bool = False,
-                 max_feedback_chars: int = 2000):
+                 max_feedback_chars: int = 2000, levels: Sequence[str] = ("standard",), demonstrations: int = 0):
         if max_attempts < 1:
             raise ValueError(f"environment.max_attempts must be >= 1, got {max_attempts}")
+        levels = (levels,) if isinstance(levels, str) else tuple(levels)
+        unknown = [level for level in levels if level not in LEVELS]
+        if unknown or not levels:
+            raise ValueError(f"environment.levels: unknown {unknown or 'empty list'} (known: {', '.join(LEVELS)})")
+        if not 0 <= demonstrations <= len(DEMOS):
+            raise ValueError(f"environment.demonstrations must be between 0 and {len(DEMOS)} (the worked "
+                             f"examples there are), got {demonstrations}")
+        self.levels = levels
+        self.demonstrations = demonstrations
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s
         self.per_test_timeout_s = per_test_timeout_s
@@ -101,11 +118,15 @@ class CodeEnv:
 
     def tasks(self, split: str) -> list[Task]:
         check_split("code", split)
+        head = [{"role": "system", "content": SYSTEM_PROMPT}]
+        for demo in DEMOS[:self.demonstrations]:
+            head += [{"role": "user", "content": _prompt_text(demo)},
+                     {"role": "assistant", "content": demo_reply(demo)}]
         out = []
         for p in problems():
-            if p["split"] != split:
+            if p["split"] != split or p["level"] not in self.levels:
                 continue
-            prompt = ({"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": _prompt_text(p)})
+            prompt = (*head, {"role": "user", "content": _prompt_text(p)})
             out.append(Task(id=p["id"], prompt=prompt, split=split,
                             reference={"entry_point": p["entry_point"], "tests": p["tests"],
                                        "num_public": p["num_public"]}))

@@ -18,6 +18,15 @@ Goals: add the cheapest in-stock item of a colour and category to the cart, put 
 quantity of a product in the cart (judged from the site's cart state, read through an
 admin endpoint the agent cannot reach), or answer a question about the catalogue (the
 price of the best-rated item, the name of the lightest, a product's colour).
+
+Options for small models, where every prompt token costs time (defaults change nothing):
+``kinds`` keeps only goals of those kinds (``web_goals.KINDS``); ``demonstrations`` puts
+that many solved training episodes (see ``web_demos``), cycling through the kinds, between
+the system prompt and the task as real chat turns — the user message with the start page,
+then assistant actions and the pages they led to, played on a real server once per
+instance — and drops those goals from the tasks. Pages are short (160-390 characters),
+so ``max_page_chars`` never truncates them. A grounded ``lightest`` answer takes 18 actions
+(weights show only on product pages), more than the default ``max_turns``.
 """
 
 from __future__ import annotations
@@ -26,13 +35,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlencode, urljoin, urlsplit
 
-from agent_lightning.envs.data.web_goals import goal_split, goals
+from agent_lightning.envs.data.web_goals import KINDS, goal_split, goals
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.rewards.matching import extract_number, normalize_text
-from agent_lightning.types import Observation, StepResult, Task, check_split
+from agent_lightning.types import Message, Observation, StepResult, Task, check_split
 
 SYSTEM_PROMPT = (
     "You are browsing a shop website to reach a goal. Each page is shown as text; links and buttons are "
@@ -196,12 +205,24 @@ class WebEnv:
 
     description = "browse a real local shop website over HTTP: click, type, back, answer (multi-turn)"
 
-    def __init__(self, max_turns: int = 12, request_timeout_s: float = 5.0, max_page_chars: int = 4000):
+    def __init__(self, max_turns: int = 12, request_timeout_s: float = 5.0, max_page_chars: int = 4000,
+                 kinds: Sequence[str] | None = None, demonstrations: int = 0):
         if max_turns < 1:
             raise ValueError(f"environment.max_turns must be >= 1, got {max_turns}")
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if kinds is not None and not kinds:
+            raise ValueError(f"environment.kinds must name at least one kind (known: {', '.join(KINDS)})")
+        unknown = [k for k in kinds or () if k not in KINDS]
+        if unknown:
+            raise ValueError(f"environment.kinds: unknown {unknown} (known: {', '.join(KINDS)})")
+        if demonstrations < 0:
+            raise ValueError(f"environment.demonstrations must be >= 0, got {demonstrations}")
         self.max_turns = max_turns
         self.request_timeout_s = request_timeout_s
         self.max_page_chars = max_page_chars
+        self.kinds: tuple[str, ...] = tuple(dict.fromkeys(kinds)) if kinds is not None else KINDS
+        self.demonstrations = demonstrations
+        self._demos: tuple[tuple[Message, ...], frozenset[str]] | None = None
         self._server: Any = None
         self._task: Task | None = None
         self._sid: str | None = None
@@ -215,10 +236,31 @@ class WebEnv:
 
     def tasks(self, split: str) -> list[Task]:
         check_split("web", split)
-        return [Task(id=g["id"], prompt=({"role": "system", "content": SYSTEM_PROMPT},
-                                         {"role": "user", "content": f"Goal: {g['goal']}"}),
-                     reference=g["reference"], split=split)
-                for g in goals() if goal_split(g["id"]) == split]
+        turns, shown = self.demonstration_turns()
+        return [_task(g, split, turns) for g in goals()
+                if goal_split(g["id"]) == split and g["kind"] in self.kinds and g["id"] not in shown]
+
+    def demonstration_turns(self) -> tuple[tuple[Message, ...], frozenset[str]]:
+        """The worked-example chat turns and the ids of the goals they solve (built once).
+
+        Goals come from the training split of ``self.kinds``; each is played on a fresh
+        ``WebEnv`` with this one's page options and its own server, so every page in the
+        examples is exactly what ``reset``/``step`` show.
+        """
+        if self._demos is None and self.demonstrations == 0:
+            self._demos = ((), frozenset())
+        elif self._demos is None:
+            from agent_lightning.envs import web_demos
+
+            train = [g for g in goals() if g["kind"] in self.kinds and goal_split(g["id"]) == "train"]
+            chosen = web_demos.pick_goals(self.kinds, self.demonstrations, train)
+            player = WebEnv(max_turns=100, request_timeout_s=self.request_timeout_s, max_page_chars=self.max_page_chars)
+            try:
+                turns = [m for g in chosen for m in web_demos.play(player, _task(g, "train", ()), web_demos.plan(g))]
+            finally:
+                player.close()
+            self._demos = (tuple(turns), frozenset(g["id"] for g in chosen))
+        return self._demos
 
     def reset(self, task: Task) -> Observation:
         if self._server is None:
@@ -367,6 +409,12 @@ class WebEnv:
         norm = normalize_text(answer)
         expected = normalize_text(ref["answer"])
         return norm == expected or norm == "the " + expected
+
+
+def _task(goal: dict[str, Any], split: str, demonstrations: tuple[Message, ...]) -> Task:
+    return Task(id=goal["id"], prompt=({"role": "system", "content": SYSTEM_PROMPT}, *demonstrations,
+                                       {"role": "user", "content": f"Goal: {goal['goal']}"}),
+                reference=goal["reference"], split=split)
 
 
 @hookimpl

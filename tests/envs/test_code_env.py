@@ -24,7 +24,7 @@ def test_every_reference_solution_passes_all_its_tests():
         if report.passed != report.total:
             failures[p["id"]] = (report.passed, report.total, report.program_output[-300:])
     assert failures == {}
-    assert len(problems()) == 36
+    assert [p["level"] for p in problems()].count("standard") == 36 and len(problems()) == 84
 
 
 def test_splits_are_disjoint_and_prompts_hide_the_tests():

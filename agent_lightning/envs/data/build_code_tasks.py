@@ -3,8 +3,11 @@
 Run ``python -m agent_lightning.envs.data.build_code_tasks`` after editing a problem.
 Expected values are computed here from the reference solutions (our own code, run
 in-process); the environment itself only ever runs a model's code in the sandbox.
-Each problem: ``id``, ``split``, ``entry_point``, ``description``, ``reference`` (source),
-``tests`` (``{"args": [...], "expected": ...}``, the first ``num_public`` shown in the prompt).
+Each problem: ``id``, ``split``, ``level``, ``entry_point``, ``description``, ``reference``
+(source), ``tests`` (``{"args": [...], "expected": ...}``, the first ``num_public`` shown in the
+prompt). Levels: ``standard`` (``PROBLEMS``, the environment's default) and ``basic``
+(``BASIC_PROBLEMS``: one-to-three-line functions a very small model can learn; each eval
+problem is a sibling of a train one, e.g. ``cube`` of ``square``, never a copy).
 """
 
 from __future__ import annotations
@@ -171,17 +174,160 @@ PROBLEMS = [
 ]
 
 
+# Same layout as PROBLEMS. Level ``basic``; descriptions are one sentence naming the arguments.
+BASIC_PROBLEMS = [
+    # numbers
+    ("square", "train", "Return the integer n multiplied by itself.",
+     "def square(n):\n    return n * n\n", [[3], [-4], [0], [1], [25]]),
+    ("is_even", "train", "Return True if the integer n is even, else False.",
+     "def is_even(n):\n    return n % 2 == 0\n", [[4], [7], [0], [-3], [-10]]),
+    ("celsius_to_fahrenheit", "train", "Return the temperature c in degrees Celsius converted to degrees "
+     "Fahrenheit (c * 9 / 5 + 32).",
+     "def celsius_to_fahrenheit(c):\n    return c * 9 / 5 + 32\n", [[100], [0], [-40], [37], [21.5]]),
+    ("max_of_two", "train", "Return the larger of the two numbers a and b.",
+     "def max_of_two(a, b):\n    return a if a > b else b\n", [[3, 7], [10, -2], [5, 5], [-1, -8], [0, 0.5]]),
+    ("sign", "train", "Return 1 if the number n is positive, -1 if it is negative and 0 if it is zero.",
+     "def sign(n):\n    if n > 0:\n        return 1\n    return -1 if n < 0 else 0\n",
+     [[42], [-7], [0], [0.5], [-1000]]),
+    ("rectangle_area", "train", "Return the area of a rectangle whose sides are width and height.",
+     "def rectangle_area(width, height):\n    return width * height\n", [[3, 4], [10, 2], [0, 5], [1, 1], [2.5, 4]]),
+    ("average", "train", "Return the mean of the non-empty list of numbers nums as a float.",
+     "def average(nums):\n    return sum(nums) / len(nums)\n",
+     [[[1, 2, 3]], [[10, 20]], [[5]], [[-1, 1]], [[0.5, 1.5, 2.5, 3.5]]]),
+    ("factorial", "train", "Return the product 1 * 2 * ... * n for the non-negative integer n (1 when n is 0).",
+     "def factorial(n):\n    result = 1\n    for i in range(2, n + 1):\n        result *= i\n    return result\n",
+     [[5], [3], [0], [1], [10]]),
+    ("last_digit", "train", "Return the last decimal digit of the integer n, ignoring its sign.",
+     "def last_digit(n):\n    return abs(n) % 10\n", [[123], [7], [0], [-58], [1000]]),
+    ("sum_to_n", "train", "Return the sum of the integers from 1 to n (0 when n is less than 1).",
+     "def sum_to_n(n):\n    return sum(range(1, n + 1))\n", [[4], [10], [0], [1], [-5], [100]]),
+    ("is_positive", "train", "Return True if the number n is greater than zero, else False.",
+     "def is_positive(n):\n    return n > 0\n", [[5], [-3], [0], [0.001], [-0.5]]),
+    # lists
+    ("largest", "train", "Return the largest number in the non-empty list nums.",
+     "def largest(nums):\n    return max(nums)\n",
+     [[[3, 9, 2]], [[-5, -1, -7]], [[4]], [[2, 2, 2]], [[0, -1, 100, 99]]]),
+    ("sum_list", "train", "Return the sum of the numbers in the list nums (0 for an empty list).",
+     "def sum_list(nums):\n    return sum(nums)\n", [[[1, 2, 3]], [[10, -4]], [[]], [[7]], [[-1, -2, -3]]]),
+    ("last_element", "train", "Return the last element of the list xs, or None if xs is empty.",
+     "def last_element(xs):\n    return xs[-1] if xs else None\n",
+     [[[1, 2, 3]], [["a", "b"]], [[]], [[42]], [[None, 0]]]),
+    ("without_negatives", "train", "Return the list nums without its negative numbers, keeping the order.",
+     "def without_negatives(nums):\n    return [x for x in nums if x >= 0]\n",
+     [[[1, -2, 3]], [[-1, -5]], [[]], [[0, -0.5, 7]], [[4, 4, -4]]]),
+    ("count_evens", "train", "Return how many integers in the list nums are even.",
+     "def count_evens(nums):\n    return sum(1 for x in nums if x % 2 == 0)\n",
+     [[[1, 2, 3, 4]], [[1, 3, 5]], [[]], [[0]], [[-2, -3, 8, 10]]]),
+    ("first_n_evens", "train", "Return a list of the first n even numbers starting from 0 (empty when n is 0).",
+     "def first_n_evens(n):\n    return [2 * i for i in range(n)]\n", [[3], [5], [0], [1], [8]]),
+    ("reverse_list", "train", "Return a new list with the items of the list xs in reverse order.",
+     "def reverse_list(xs):\n    return xs[::-1]\n", [[[1, 2, 3]], [["a", "b"]], [[]], [[7]], [[1, 1, 2]]]),
+    ("double_all", "train", "Return a list with every number of the list nums multiplied by 2.",
+     "def double_all(nums):\n    return [2 * x for x in nums]\n",
+     [[[1, 2, 3]], [[-4, 0]], [[]], [[0.5]], [[100, -100]]]),
+    ("contains", "train", "Return True if the value x occurs in the list xs, else False.",
+     "def contains(xs, x):\n    return x in xs\n",
+     [[[1, 2, 3], 2], [["a", "b"], "c"], [[], 1], [[0], 0], [[1, 2], "1"]]),
+    ("sum_of_evens", "train", "Return the sum of the even integers in the list nums.",
+     "def sum_of_evens(nums):\n    return sum(x for x in nums if x % 2 == 0)\n",
+     [[[1, 2, 3, 4]], [[5, 7]], [[]], [[-2, -4, 1]], [[10]]]),
+    ("first_n", "train", "Return the first n items of the list xs (all of them when xs has fewer than n).",
+     "def first_n(xs, n):\n    return xs[:n]\n",
+     [[[1, 2, 3, 4], 2], [["a", "b", "c"], 1], [[], 3], [[1, 2], 0], [[5, 6], 10]]),
+    ("is_sorted", "train", "Return True if the numbers in the list nums are in non-decreasing order, else False.",
+     "def is_sorted(nums):\n    return all(a <= b for a, b in zip(nums, nums[1:]))\n",
+     [[[1, 2, 3]], [[3, 1, 2]], [[]], [[5]], [[1, 1, 2]], [[2, 1]]]),
+    ("get_value", "train", "Return the value stored under key in the dict d, or 0 when key is not in d.",
+     "def get_value(d, key):\n    return d.get(key, 0)\n",
+     [[{"a": 1, "b": 2}, "b"], [{"x": 5}, "y"], [{}, "a"], [{"k": -3}, "k"], [{"a": 0, "b": 9}, "a"]]),
+    # strings
+    ("reverse_string", "train", "Return the string s reversed.",
+     "def reverse_string(s):\n    return s[::-1]\n", [["hello"], ["abc"], [""], ["a"], ["racecar"], ["Hi there!"]]),
+    ("count_words", "train", "Return the number of words in the string s, where words are separated by whitespace.",
+     "def count_words(s):\n    return len(s.split())\n",
+     [["hello world"], ["one two three"], [""], ["   "], ["  many   spaces here "], ["single"]]),
+    ("count_char", "train", "Return how many times the character c occurs in the string s.",
+     "def count_char(s, c):\n    return s.count(c)\n",
+     [["banana", "a"], ["hello", "l"], ["", "x"], ["abc", "z"], ["AaAa", "a"]]),
+    ("to_lower", "train", "Return the string s with every letter in lower case.",
+     "def to_lower(s):\n    return s.lower()\n", [["Hello"], ["ABC def"], [""], ["123!"], ["MiXeD CaSe"]]),
+    ("starts_with", "train", "Return True if the string s begins with the string prefix, else False.",
+     "def starts_with(s, prefix):\n    return s.startswith(prefix)\n",
+     [["hello", "he"], ["hello", "lo"], ["", ""], ["abc", ""], ["ab", "abc"]]),
+    ("repeat_string", "train", "Return the string s repeated n times (an empty string when n is 0).",
+     "def repeat_string(s, n):\n    return s * n\n", [["ab", 3], ["x", 5], ["abc", 0], ["", 4], ["hi", 1]]),
+    ("remove_spaces", "train", "Return the string s with every space character removed.",
+     "def remove_spaces(s):\n    return s.replace(' ', '')\n",
+     [["a b c"], ["hello world"], [""], ["   "], ["nospace"]]),
+    ("first_char", "train", "Return the first character of the string s, or an empty string if s is empty.",
+     "def first_char(s):\n    return s[:1]\n", [["hello"], ["xyz"], [""], ["a"], [" space"]]),
+    ("join_words", "train", "Return the strings in the list words joined together with a single space between "
+     "them.",
+     "def join_words(words):\n    return ' '.join(words)\n",
+     [[["hello", "world"]], [["a", "b", "c"]], [[]], [["one"]], [["", "x"]]]),
+    ("initials", "train", "Return the upper-case first letters of the space-separated words of the string name, "
+     "joined together.",
+     "def initials(name):\n    return ''.join(w[0].upper() for w in name.split())\n",
+     [["Ada Lovelace"], ["grace brewster hopper"], [""], ["x"], ["  alan   turing "]]),
+    ("longest_word", "train", "Return the longest word of the string s, the first one if several are equally "
+     "long ('' if s has no words).",
+     "def longest_word(s):\n    best = ''\n    for w in s.split():\n        if len(w) > len(best):\n"
+     "            best = w\n    return best\n",
+     [["the quick brown fox"], ["a bb ccc"], [""], ["tie tie"], ["one three two"]]),
+    ("has_digit", "train", "Return True if the string s contains at least one digit 0-9, else False.",
+     "def has_digit(s):\n    return any(c in '0123456789' for c in s)\n",
+     [["abc1"], ["hello"], [""], ["2024"], ["no digits!"]]),
+    # ------------------------------------------------------------------ held out: siblings of train problems
+    ("cube", "eval", "Return the integer n raised to the power 3.",
+     "def cube(n):\n    return n ** 3\n", [[2], [-3], [0], [1], [10]]),
+    ("is_multiple", "eval", "Return True if the integer n is a multiple of the non-zero integer k, else False.",
+     "def is_multiple(n, k):\n    return n % k == 0\n", [[10, 5], [7, 2], [0, 3], [-9, 3], [14, -7], [5, 10]]),
+    ("fahrenheit_to_celsius", "eval", "Return the temperature f in degrees Fahrenheit converted to degrees "
+     "Celsius ((f - 32) * 5 / 9).",
+     "def fahrenheit_to_celsius(f):\n    return (f - 32) * 5 / 9\n", [[212], [32], [-40], [98.6], [0]]),
+    ("min_of_three", "eval", "Return the smallest of the three numbers a, b and c.",
+     "def min_of_three(a, b, c):\n    return min(a, b, c)\n",
+     [[3, 1, 2], [5, 9, 7], [4, 4, 4], [-1, -5, 0], [2.5, 3, 2]]),
+    ("smallest", "eval", "Return the smallest number in the non-empty list nums.",
+     "def smallest(nums):\n    return min(nums)\n",
+     [[[3, 9, 2]], [[-5, -1, -7]], [[4]], [[2, 2, 2]], [[0, 100, -0.5]]]),
+    ("product_list", "eval", "Return the product of the numbers in the list nums (1 for an empty list).",
+     "def product_list(nums):\n    result = 1\n    for x in nums:\n        result *= x\n    return result\n",
+     [[[2, 3, 4]], [[5, -1]], [[]], [[7]], [[1, 2, 0, 9]]]),
+    ("first_element", "eval", "Return the first element of the list xs, or None if xs is empty.",
+     "def first_element(xs):\n    return xs[0] if xs else None\n",
+     [[[1, 2, 3]], [["a", "b"]], [[]], [[42]], [[None, 1]]]),
+    ("square_all", "eval", "Return a list with every number of the list nums squared.",
+     "def square_all(nums):\n    return [x * x for x in nums]\n",
+     [[[1, 2, 3]], [[-4, 0]], [[]], [[0.5]], [[10, -10]]]),
+    ("ends_with", "eval", "Return True if the string s finishes with the string suffix, else False.",
+     "def ends_with(s, suffix):\n    return s.endswith(suffix)\n",
+     [["hello", "lo"], ["hello", "he"], ["", ""], ["abc", ""], ["bc", "abc"]]),
+    ("count_digits", "eval", "Return how many characters of the string s are digits 0-9.",
+     "def count_digits(s):\n    return sum(c in '0123456789' for c in s)\n",
+     [["a1b2c3"], ["hello"], [""], ["2024"], ["room 101, floor 3"]]),
+    ("last_char", "eval", "Return the last character of the string s, or an empty string if s is empty.",
+     "def last_char(s):\n    return s[-1:]\n", [["hello"], ["xyz"], [""], ["a"], ["end "]]),
+    ("join_with_commas", "eval", "Return the strings in the list words joined together with ', ' between them.",
+     "def join_with_commas(words):\n    return ', '.join(words)\n",
+     [[["a", "b", "c"]], [["red", "green"]], [[]], [["one"]], [["x", ""]]]),
+]
+
+
+LEVELS = {"standard": PROBLEMS, "basic": BASIC_PROBLEMS}
+
+
+def _problem(level: str, entry: str, split: str, description: str, reference: str, arg_lists: list) -> dict:
+    namespace: dict = {}
+    exec(compile(reference, f"<reference {entry}>", "exec"), namespace)  # our own trusted code
+    fn = namespace[entry]
+    tests = [{"args": args, "expected": fn(*json.loads(json.dumps(args)))} for args in arg_lists]
+    return {"id": f"code-{entry}", "split": split, "level": level, "entry_point": entry,
+            "description": textwrap.dedent(description), "reference": reference, "tests": tests, "num_public": 2}
+
+
 def build() -> list[dict]:
-    problems = []
-    for entry, split, description, reference, arg_lists in PROBLEMS:
-        namespace: dict = {}
-        exec(compile(reference, f"<reference {entry}>", "exec"), namespace)  # our own trusted code
-        fn = namespace[entry]
-        tests = [{"args": args, "expected": fn(*json.loads(json.dumps(args)))} for args in arg_lists]
-        problems.append({"id": f"code-{entry}", "split": split, "entry_point": entry,
-                         "description": textwrap.dedent(description), "reference": reference,
-                         "tests": tests, "num_public": 2})
-    return problems
+    return [_problem(level, *spec) for level, specs in LEVELS.items() for spec in specs]
 
 
 def main() -> None:
