@@ -1,7 +1,7 @@
 """A compact API listing and scripted worked examples for the api environment's prompt.
 
 Every prompt token costs time when a 135M chat model learns on a CPU: the service's
-OpenAPI JSON is about 700 tokens, ``brief_spec`` says the same in a few lines. And small
+OpenAPI JSON is 1,124 SmolLM2 tokens, ``brief_spec`` says the same in 154. And small
 models follow a format they have *seen*: ``SOLVERS`` hold one scripted solution per task
 family, which ``ApiEnv`` plays against a real ``TodoService`` on a demo-only state so the
 worked examples in the prompt show exactly the observations an episode returns.
