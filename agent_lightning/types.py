@@ -32,6 +32,21 @@ def check_split(environment: str, split: str) -> None:
         raise ValueError(f"{environment} has splits 'train' and 'eval', not '{split}'")
 
 
+def check_names(option: str, chosen: str | Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
+    """``chosen`` (one name or a list) as a tuple, in order, each one of ``known``.
+
+    Raises ``ValueError`` naming ``environment.<option>``, the unknown names and the known
+    ones, or saying the list is empty (environment options such as ``families``, ``kinds``).
+    """
+    names = (chosen,) if isinstance(chosen, str) else tuple(chosen)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"environment.{option}: unknown {unknown} (known: {', '.join(known)})")
+    if not names:
+        raise ValueError(f"environment.{option}: empty; name some of {', '.join(known)} or leave it unset")
+    return names
+
+
 @dataclass(frozen=True)
 class Task:
     """One dataset item.

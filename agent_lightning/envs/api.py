@@ -43,7 +43,7 @@ from typing import Any, Sequence
 from urllib.parse import quote
 
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Message, Observation, StepResult, Task, check_split
+from agent_lightning.types import Message, Observation, StepResult, Task, check_names, check_split
 
 TODAY = ("Monday", "2026-03-02")
 WEEKDAYS = {"Tuesday": "2026-03-03", "Wednesday": "2026-03-04", "Thursday": "2026-03-05", "Friday": "2026-03-06"}
@@ -64,7 +64,6 @@ SYSTEM_PROMPT = (
     "answer \"text\"              finish with an answer (for questions)\n"
     "done                       finish (for goals that change the todos)\n"
     "Each request is answered with its HTTP status and JSON body.")
-# spec option -> (how the system prompt names the listing, the user message's heading for it)
 SPECS = ("openapi", "brief")
 # "brief" puts its listing once, at the end of the system message (the user turn is the goal alone): a 135M
 # model given the listing right above its reply copied a listing line ("DELETE /todos/{id} - ...") as its
@@ -225,12 +224,6 @@ class ApiEnv:
             raise ValueError(f"environment.max_turns must be >= 1, got {max_turns}")
         if num_train < 1 or num_eval < 1:
             raise ValueError(f"environment.num_train/num_eval must be >= 1, got {num_train}/{num_eval}")
-        families = [families] if isinstance(families, str) else families
-        unknown = [f for f in families or () if f not in FAMILIES]
-        if unknown:
-            raise ValueError(f"environment.families: unknown {unknown} (known: {', '.join(FAMILIES)})")
-        if families is not None and not families:
-            raise ValueError(f"environment.families: empty; name some of {', '.join(FAMILIES)} or leave it unset")
         if spec not in SPECS:
             raise ValueError(f"environment.spec must be one of {', '.join(map(repr, SPECS))}, got {spec!r}")
         if demonstrations < 0:
@@ -239,7 +232,7 @@ class ApiEnv:
         self.num_tasks = {"train": num_train, "eval": num_eval}
         self.request_timeout_s = request_timeout_s
         self.max_body_chars = max_body_chars
-        self.families = tuple(families) if families is not None else FAMILIES
+        self.families = check_names("families", families, FAMILIES) if families is not None else FAMILIES
         self.spec = spec
         self.demonstrations = demonstrations
         self._demos: list[tuple[Task, tuple[Message, ...]]] | None = None

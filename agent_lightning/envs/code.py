@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from agent_lightning.envs.code_demos import DEMOS, demo_reply
 from agent_lightning.hookspecs import hookimpl
-from agent_lightning.types import Observation, StepResult, Task, check_split
+from agent_lightning.types import Observation, StepResult, Task, check_names, check_split
 
 LEVELS = ("standard", "basic")  # the ``level`` of each shipped problem
 _LANG = re.compile(r"[ \t]*([A-Za-z0-9_+-]*)")
@@ -97,10 +97,7 @@ class CodeEnv:
                  max_feedback_chars: int = 2000, levels: Sequence[str] = ("standard",), demonstrations: int = 0):
         if max_attempts < 1:
             raise ValueError(f"environment.max_attempts must be >= 1, got {max_attempts}")
-        levels = (levels,) if isinstance(levels, str) else tuple(levels)
-        unknown = [level for level in levels if level not in LEVELS]
-        if unknown or not levels:
-            raise ValueError(f"environment.levels: unknown {unknown or 'empty list'} (known: {', '.join(LEVELS)})")
+        levels = check_names("levels", levels, LEVELS)
         if not 0 <= demonstrations <= len(DEMOS):
             raise ValueError(f"environment.demonstrations must be between 0 and {len(DEMOS)} (the worked "
                              f"examples there are), got {demonstrations}")

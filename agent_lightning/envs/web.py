@@ -41,7 +41,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 from agent_lightning.envs.data.web_goals import KINDS, goal_split, goals
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.rewards.matching import extract_number, normalize_text
-from agent_lightning.types import Message, Observation, StepResult, Task, check_split
+from agent_lightning.types import Message, Observation, StepResult, Task, check_names, check_split
 
 SYSTEM_PROMPT = (
     "You are browsing a shop website to reach a goal. Each page is shown as text; links and buttons are "
@@ -209,18 +209,12 @@ class WebEnv:
                  kinds: Sequence[str] | None = None, demonstrations: int = 0):
         if max_turns < 1:
             raise ValueError(f"environment.max_turns must be >= 1, got {max_turns}")
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if kinds is not None and not kinds:
-            raise ValueError(f"environment.kinds must name at least one kind (known: {', '.join(KINDS)})")
-        unknown = [k for k in kinds or () if k not in KINDS]
-        if unknown:
-            raise ValueError(f"environment.kinds: unknown {unknown} (known: {', '.join(KINDS)})")
         if demonstrations < 0:
             raise ValueError(f"environment.demonstrations must be >= 0, got {demonstrations}")
         self.max_turns = max_turns
         self.request_timeout_s = request_timeout_s
         self.max_page_chars = max_page_chars
-        self.kinds: tuple[str, ...] = tuple(dict.fromkeys(kinds)) if kinds is not None else KINDS
+        self.kinds = tuple(dict.fromkeys(check_names("kinds", kinds, KINDS))) if kinds is not None else KINDS
         self.demonstrations = demonstrations
         self._demos: tuple[tuple[Message, ...], frozenset[str]] | None = None
         self._server: Any = None
