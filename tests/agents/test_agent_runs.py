@@ -127,7 +127,7 @@ def test_bad_task_files_name_the_file_and_line(tmp_path):
 def test_the_agent_quickstart_samples_and_trains_exactly_like_the_environment_quickstart(tmp_path):
     """The guess-number agent (openai SDK) against the endpoint plays the same episodes as the
     environment version: same sampled tokens, same rewards; losses equal up to float noise."""
-    # The same settings for both (the agent preset takes bigger groups and a higher rate).
+    # The same settings for both (the agent preset takes fewer tasks per step in bigger groups).
     common = ["trainer.steps=2", "trainer.eval_every=0", "trainer.eval_episodes=30", "trackers=[jsonl]",
               "trainer.checkpoint_every=0", "trainer.batch_size=8", "algorithm.group_size=16", "algorithm.lr=0.002"]
     Trainer(load_config("quickstart", common), tmp_path / "env").run()

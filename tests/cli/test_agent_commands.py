@@ -99,17 +99,19 @@ def test_an_agent_module_next_to_the_config_is_found_from_the_console_script(cli
 
 @pytest.mark.slow
 def test_the_agent_quickstart_learns_through_the_cli(alightning, cli_env, tmp_path):
-    """The packaged quickstart-agent (openai SDK agents in a worker process), shortened: the full
-    preset runs 200 steps (0.03 -> 1.00 held-out in under 3 minutes on two cores); by step 125
-    the agent must use the hints far beyond the 0.5 that ignoring them can reach."""
+    """The packaged quickstart-agent (openai SDK agents in a worker process), whole: 200 steps
+    (held-out 0.02-0.05 -> 0.97-1.00 on six seeds, under 3 minutes each on two cores); by then
+    the agent must use the hints far beyond the 0.5 that ignoring them can reach. A shortened
+    run would not do: calls share batches by arrival time, so float rounding (and, now and then,
+    a sampled token) differs run to run, and at step 125 runs read anywhere from 0.65 to 0.90."""
     run_dir = tmp_path / "qa"
-    result = subprocess.run([*alightning, "run", "quickstart-agent", "trainer.steps=125", "trainer.eval_every=0",
+    result = subprocess.run([*alightning, "run", "quickstart-agent", "trainer.eval_every=0",
                              "trainer.checkpoint_every=0", "trackers=[jsonl]", "--output-dir", str(run_dir)],
                             capture_output=True, text=True, env=cli_env, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval/success_rate" in r]
-    assert [r["step"] for r in evals] == [0, 125]
+    assert [r["step"] for r in evals] == [0, 200]
     start, end = evals[0]["eval/success_rate"], evals[-1]["eval/success_rate"]
     assert start <= 0.4 and end >= 0.8, (start, end)
     assert sum(r.get("agent/prefix_breaks", 0) for r in records) == 0
