@@ -101,6 +101,11 @@ class SamplingConfig(_Strict):
     eval_temperature: float = Field(1.0, ge=0.0)
     stop: list[str] = Field(default_factory=list,
                             description="strings that end a reply (kept in it), e.g. </tool_call>")
+    noise: Literal["generator", "counter"] = Field(
+        "generator", description=(
+            "where a seeded run's sampling noise comes from: generator (a torch.Generator per episode turn, one "
+            "multinomial per row) or counter (a hash of seed, episode, turn and position, the inverse CDF of the "
+            "whole batch at once; faster, other samples; agent_lightning/ops/keyed_noise.py)"))
 
     @field_validator("stop")
     @classmethod

@@ -257,6 +257,19 @@ class Generation:
     finish_reason: str
 
 
+@dataclass(frozen=True)
+class NoiseKeys:
+    """Counter-based sampling noise for :meth:`Backend.generate` (``sampling.noise: counter``).
+
+    One 63-bit key per prompt (``rollout.episode_seed`` of the run, the episode and its turn);
+    the ``t``-th new token of row ``b`` is the inverse CDF of its probabilities at
+    ``ops.keyed_noise.keyed_uniform(keys[b], t)``. A backend that cannot sample this way
+    leaves ``counter_noise`` unset, and a run asking for it stops with a config error.
+    """
+
+    keys: tuple[int, ...]
+
+
 class Backend(Protocol):
     """The policy: tokens in and out, sampling, differentiable log-probs, optimizer steps, weights.
 
@@ -303,8 +316,9 @@ class Backend(Protocol):
     def generate(self, prompts: Sequence[Sequence[int]], *, temperature: float, top_p: float,
                  max_new_tokens: int, generator: Any = None, stop: Sequence[str] = ()) -> list[Generation]:
         """One continuation per prompt (token id lists), with the log-prob of every sampled
-        token under the temperature-scaled policy. ``generator``: a ``torch.Generator`` or a
-        list of one per prompt (per-episode noise); ``None``: the backend's own."""
+        token under the temperature-scaled policy. ``generator``: a ``torch.Generator``, a
+        list of one per prompt (per-episode noise), or :class:`NoiseKeys` (counter-based,
+        only where the backend sets ``counter_noise = True``); ``None``: the backend's own."""
         ...
 
     # ---------------------------------------------------------------- training

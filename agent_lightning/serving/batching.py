@@ -6,8 +6,8 @@ waits for more (until ``max_batch``, or for ``max_wait_s`` — stretched to 5 % 
 CPU, agents' HTTP clients need tens of milliseconds to all get their next request in, and a
 batch split in two costs a whole second ``generate``), and samples every compatible
 request (same temperature, top-p, stop strings and role) in one ``generate`` call, with one
-``torch.Generator`` per request (per-call noise: a call's sample does not depend on what
-else shares its batch). Requests asking for fewer new tokens than the batch's longest are
+``torch.Generator`` per request or counter-based keys (``sampling.noise``): per-call noise, so a
+call's sample does not depend on what else shares its batch. Requests asking for fewer new tokens than the batch's longest are
 cut at their own ``max_new_tokens`` (``finish_reason "length"``); log-probs of the kept
 tokens are unchanged, since a token's sample never depends on later ones.
 """
@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent_lightning.loop.rollout import turn_noise
 from agent_lightning.types import Backend, Generation, optional
 
 
@@ -56,11 +57,13 @@ class GenerateBatcher:
         max_batch: Most requests per ``generate`` call.
         max_wait_s: How long the first request of a batch waits for company.
         lock: Held around each ``generate`` call (the trainer takes it to update weights).
+        noise: ``sampling.noise``: a ``torch.Generator`` per request, or counter-based keys.
     """
 
     def __init__(self, backend: Backend, *, max_batch: int = 16, max_wait_s: float = 0.01,
-                 lock: threading.Lock | None = None):
+                 lock: threading.Lock | None = None, noise: str = "generator"):
         self.backend = backend
+        self.noise = noise
         self.max_batch = max(1, int(max_batch))
         self.max_wait_s = max(0.0, float(max_wait_s))
         self.lock = lock or threading.Lock()
@@ -122,14 +125,12 @@ class GenerateBatcher:
                 item.future.set_exception(RuntimeError("the policy endpoint's sampler closed"))
 
     def _run(self, members: list[_Pending]) -> None:
-        import torch
-
         live = [m for m in members if m.future.set_running_or_notify_cancel()]
         if not live:
             return
         first = live[0].request
         longest = max(m.request.max_new_tokens for m in live)
-        generators = [torch.Generator().manual_seed(m.request.seed) for m in live]
+        generators = turn_noise([m.request.seed for m in live], self.noise)
         stop_kw = {"stop": first.stop} if first.stop else {}
         started = time.monotonic()
         try:

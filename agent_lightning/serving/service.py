@@ -58,12 +58,15 @@ class SamplingDefaults:
     max_new_tokens: int = 64
     max_context_tokens: int = 2048
     stop: tuple[str, ...] = ()
+    noise: str = "generator"
+    """``sampling.noise``: a ``torch.Generator`` per call, or counter-based keys."""
 
     @classmethod
     def from_config(cls, sampling: Any) -> "SamplingDefaults":
         """The settings of a ``sampling`` config section (``config.SamplingConfig``)."""
         return cls(temperature=sampling.temperature, top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
-                   max_context_tokens=sampling.max_context_tokens, stop=tuple(sampling.stop))
+                   max_context_tokens=sampling.max_context_tokens, stop=tuple(sampling.stop),
+                   noise=sampling.noise)
 
 
 _ENCODE_CACHE, _ENCODE_CACHE_CHARS = 4096, 16 * 1024 * 1024
@@ -110,7 +113,8 @@ class PolicyService:
         self.fixed_sampling = fixed_sampling
         self.seed_key = seed_key
         self.api_key = api_key or f"al-{secrets.token_urlsafe(24)}"
-        self.batcher = GenerateBatcher(backend, max_batch=max_batch, max_wait_s=max_wait_s, lock=lock)
+        self.batcher = GenerateBatcher(backend, max_batch=max_batch, max_wait_s=max_wait_s, lock=lock,
+                                       noise=sampling.noise)
         tokenizer = optional(backend, Backend, "tokenizer")
         self.tool_format = tool_calls.detect_format(getattr(tokenizer, "chat_template", None))
         self.episodes: dict[str, EpisodeLedger] = {}

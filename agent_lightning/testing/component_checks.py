@@ -6,7 +6,8 @@
     check_algorithm(MyAlgorithm(**options), backend)
 
 ``check_backend`` exercises every required member of ``Backend`` on a two-message chat:
-token ids inside ``vocab_size``, reproducible sampling with per-prompt generators, sampling
+token ids inside ``vocab_size``, reproducible sampling with per-prompt generators (and, for a
+backend that sets ``counter_noise``, with ``NoiseKeys``, whatever the batch), sampling
 log-probs equal to the recomputed ones, gradients and an optimizer step that moves the
 policy and bumps ``version``, a skipped step that changes nothing, a frozen reference, and a
 save/load round trip. ``check_algorithm`` runs ``setup``/``prepare``/``update`` on episodes
@@ -69,6 +70,22 @@ def _sample(backend: Backend, n: int, seed: int, max_new_tokens: int = 4) -> tup
                                     generator=_generators(seed, n))
 
 
+def _check_counter_noise(what: str, backend: Backend, prompt: list[int]) -> None:
+    """A backend that sets ``counter_noise`` samples the same row from the same key, in any batch."""
+    from agent_lightning.types import NoiseKeys
+
+    keys = (3, 2 ** 40 + 1, 12345)
+    try:
+        batch = backend.generate([prompt] * 3, temperature=1.0, top_p=1.0, max_new_tokens=4, generator=NoiseKeys(keys))
+        alone = [backend.generate([prompt], temperature=1.0, top_p=1.0, max_new_tokens=4,
+                                  generator=NoiseKeys((k,)))[0] for k in keys]
+    except Exception as exc:  # noqa: BLE001 - named in the conformance error
+        _fail(f"{what}.generate", f"sets counter_noise but generate(generator=NoiseKeys(...)) raised "
+                                  f"{type(exc).__name__}: {exc}")
+    if [g.token_ids for g in batch] != [g.token_ids for g in alone]:
+        _fail(f"{what}.generate", "sets counter_noise but a row's NoiseKeys sample depends on its batch")
+
+
 def check_backend(backend: Backend) -> dict[str, Any]:
     """Assert that ``backend`` keeps the ``Backend`` contract; returns a few measured facts."""
     import torch
@@ -94,6 +111,9 @@ def check_backend(backend: Backend) -> dict[str, Any]:
             _fail(f"{what}.generate", f"sampling log-probs must be finite and <= 0, got {g.logprobs}")
         if not isinstance(backend.decode(g.token_ids), str):
             _fail(f"{what}.decode", "must return a str")
+
+    if getattr(backend, "counter_noise", False):
+        _check_counter_noise(what, backend, prompt)
 
     task = Task(id="check", prompt=MESSAGES)
     trajectories = [_trajectory(prompt, g, task, 0, i, float(i)) for i, g in enumerate(first)]

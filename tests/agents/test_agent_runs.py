@@ -124,12 +124,15 @@ def test_bad_task_files_name_the_file_and_line(tmp_path):
         Trainer(load_config("quickstart-agent", [f"agent.tasks={bad}", "environment=null"]), tmp_path / "run")
 
 
-def test_the_agent_quickstart_samples_and_trains_exactly_like_the_environment_quickstart(tmp_path):
+@pytest.mark.parametrize("noise", ["generator", "counter"])
+def test_the_agent_quickstart_samples_and_trains_exactly_like_the_environment_quickstart(tmp_path, noise):
     """The guess-number agent (openai SDK) against the endpoint plays the same episodes as the
-    environment version: same sampled tokens, same rewards; losses equal up to float noise."""
+    environment version: same sampled tokens, same rewards; losses equal up to float noise.
+    With either noise: calls batched by arrival sample what lockstep turns sample."""
     # The same settings for both (the agent preset takes fewer tasks per step in bigger groups).
     common = ["trainer.steps=2", "trainer.eval_every=0", "trainer.eval_episodes=30", "trackers=[jsonl]",
-              "trainer.checkpoint_every=0", "trainer.batch_size=8", "algorithm.group_size=16", "algorithm.lr=0.002"]
+              "trainer.checkpoint_every=0", "trainer.batch_size=8", "algorithm.group_size=16", "algorithm.lr=0.002",
+              f"sampling.noise={noise}"]
     Trainer(load_config("quickstart", common), tmp_path / "env").run()
     Trainer(load_config("quickstart-agent", common), tmp_path / "agent").run()
     env = [json.loads(x) for x in (tmp_path / "env" / "metrics.jsonl").read_text().splitlines()]

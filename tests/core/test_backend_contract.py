@@ -81,3 +81,22 @@ def test_the_protocol_backend_trains_the_quickstart(tmp_path):
     train = [r["train/reward_mean"] for r in records if "train/reward_mean" in r]
     assert sum(train[-10:]) > sum(train[:10])
     assert (tmp_path / "run" / "checkpoints" / "step-40" / "gru.safetensors").is_file()
+
+
+def test_a_backend_without_counter_noise_refuses_it_by_name(tmp_path):
+    from agent_lightning.config import ConfigError, load_config
+    from agent_lightning.loop.trainer import Trainer
+    from agent_lightning.plugins import build_plugin_manager
+
+    pm = build_plugin_manager(autoload=False, blocked=["agent_lightning.backends.transformers.backend"],
+                              extra_plugins=[("contract", ContractPlugin())], strict=True)
+    config = load_config("quickstart", ["backend.name=contract", "sampling.noise=counter", "trackers=[jsonl]"], environ={})
+    with pytest.raises(ConfigError, match="sampling.noise: the 'contract' backend cannot sample with counter noise"):
+        Trainer(config, tmp_path / "run", plugin_manager=pm)
+
+
+def test_check_backend_names_a_backend_that_claims_counter_noise_but_ignores_the_keys():
+    backend = _contract_backend()
+    backend.counter_noise = True
+    with pytest.raises(ConformanceError, match="sets counter_noise but"):
+        check_backend(backend)

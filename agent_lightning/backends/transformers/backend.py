@@ -20,7 +20,7 @@ from agent_lightning.config import BackendConfig, ModelConfig
 from agent_lightning.hookspecs import hookimpl
 from agent_lightning.loop.schedules import lr_factor
 from agent_lightning.scaling import distributed
-from agent_lightning.types import Generation, Message
+from agent_lightning.types import Generation, Message, NoiseKeys
 
 ADAPTER_FILE = "adapter.safetensors"
 WEIGHTS_FILE = "model.safetensors"
@@ -46,6 +46,8 @@ class TransformersBackend:
     """
 
     description = "Hugging Face causal LMs (presets, Hub ids, local dirs, GGUF), LoRA via peft"
+    counter_noise = True
+    """``generate`` takes :class:`~agent_lightning.types.NoiseKeys` (``sampling.noise: counter``)."""
 
     def __init__(self, model_config: ModelConfig, backend_config: BackendConfig, *, seed: int = 0):
         import torch
@@ -129,7 +131,8 @@ class TransformersBackend:
 
         ``temperature == 0`` is greedy. A row also ends once its decoded text contains one of
         the ``stop`` strings (kept in the reply; ``finish_reason == "stop_string"``).
-        ``generator`` (a CPU ``torch.Generator``, or a list with one per prompt) defaults to the
+        ``generator`` (a CPU ``torch.Generator``, a list with one per prompt, or ``NoiseKeys``:
+        counter-based uniforms for the whole batch, ``ops.keyed_noise``) defaults to the
         backend's own, whose state is checkpointed. Log-probs are under the temperature-scaled
         full distribution (before top-p truncation), which is what training recomputes. When
         the prompts share a prefix of at least ``MIN_SHARED_PREFIX`` tokens (``share_prefix``),
@@ -151,6 +154,13 @@ class TransformersBackend:
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         lengths = torch.full((batch,), max_new_tokens, dtype=torch.long)
         stop_strings = StopStrings(self.tokenizer, stop, batch) if stop else None
+        noise = generator or self.generator
+        if isinstance(noise, NoiseKeys):
+            from agent_lightning.ops.keyed_noise import keyed_uniform, keys_tensor
+
+            if len(noise.keys) != batch:
+                raise ValueError(f"generate: {len(noise.keys)} noise keys for {batch} prompts")
+            noise = keyed_uniform(keys_tensor(noise.keys), torch.arange(max_new_tokens))  # [batch, max_new_tokens]
         cache = None
         step_ids, step_pos = ids, positions
         try:
@@ -174,7 +184,8 @@ class TransformersBackend:
                                 use_cache=True, logits_to_keep=1, **kwargs)
                     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
                     logits = out.logits[:, -1, :].float()
-                    token, logprob = self._sample(logits, temperature, top_p, generator or self.generator)
+                    token, logprob = self._sample(logits, temperature, top_p,
+                                                  noise[:, t] if isinstance(noise, torch.Tensor) else noise)
                     token = torch.where(finished, torch.full_like(token, self.pad_id), token)
                     out_ids[:, t] = token.cpu()
                     out_lp[:, t] = logprob.cpu()
@@ -232,7 +243,11 @@ class TransformersBackend:
             keep = sorted_p.cumsum(-1) - sorted_p < top_p
             sorted_p = sorted_p * keep
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-        if isinstance(generator, (list, tuple)):  # one generator per row: noise independent of the batch
+        if isinstance(generator, torch.Tensor):  # counter-based uniforms [batch]: the inverse CDF, whole batch
+            from agent_lightning.ops.keyed_noise import inverse_cdf_sample
+
+            token = inverse_cdf_sample(probs, generator)
+        elif isinstance(generator, (list, tuple)):  # one generator per row: noise independent of the batch
             cpu = probs.cpu()
             token = torch.cat([torch.multinomial(cpu[i:i + 1], 1, generator=g)[0] for i, g in enumerate(generator)])
             token = token.to(logits.device)
