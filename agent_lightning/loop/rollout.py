@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -82,6 +83,15 @@ def episode_seed(base: str | int, episode_id: str, turn: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def _messages_key(messages: Any) -> str | None:
+    """A canonical text of chat messages (equal messages, equal key); ``None`` when they do not
+    serialise to JSON, and are then encoded without sharing."""
+    try:
+        return json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return None
+
+
 def turn_noise(seeds: Sequence[int], noise: str) -> Any:
     """The ``generate`` noise of rows with these per-turn seeds: one ``torch.Generator`` each
     (``sampling.noise: generator``) or :class:`NoiseKeys` (``counter``)."""
@@ -128,11 +138,17 @@ def play(
                 envs.replace(ep.env_slot)
         return results
 
+    encoded: dict[str, list[int]] = {}  # a group's episodes start from the same messages: encode them once
     for ep, obs in run_all("reset", [(ep, envs.instances[ep.env_slot].reset, ep.task) for ep in episodes]):
         try:
             if not isinstance(obs, Observation):
                 raise TypeError(f"reset() returned {type(obs).__name__}, expected Observation")
-            ep.prompt = backend.encode_prompt(obs.messages)
+            key = _messages_key(obs.messages)
+            if key is None or key not in encoded:
+                prompt = list(backend.encode_prompt(obs.messages))
+                if key is not None:
+                    encoded[key] = prompt
+            ep.prompt = list(encoded[key]) if key is not None else prompt
             ep.context = list(ep.prompt)
         except Exception as exc:
             ep.failure, ep.done = f"prompt could not be encoded: {type(exc).__name__}: {exc}", True

@@ -39,6 +39,19 @@ def _episodes(backend, env_factory, n=6, timeout=5.0, **sampling):
                     policy_version=0, executor=executor)
 
 
+def test_episodes_that_start_from_the_same_messages_encode_them_once(backend, monkeypatch):
+    from agent_lightning.envs.guess_number import GuessNumberEnv
+
+    calls = []
+    original = backend.encode_prompt
+    monkeypatch.setattr(backend, "encode_prompt", lambda messages, **kw: calls.append(messages) or original(messages, **kw))
+    trajs = _episodes(backend, lambda: GuessNumberEnv(max_number=6, max_turns=4), n=12)
+    distinct = {repr(t.task.prompt) for t in trajs}
+    assert len(calls) == len(distinct) < len(trajs)
+    for traj in trajs:  # each episode still has its own, correct prompt
+        assert list(traj.prompt_token_ids) == list(original(traj.task.prompt))
+
+
 def test_stream_is_prompt_then_sampled_ids_then_observation_tokens(backend):
     from agent_lightning.envs.guess_number import GuessNumberEnv
 
