@@ -263,8 +263,8 @@ class NoiseKeys:
 
     One 63-bit key per prompt (``rollout.episode_seed`` of the run, the episode and its turn);
     the ``t``-th new token of row ``b`` is the inverse CDF of its probabilities at
-    ``ops.keyed_noise.keyed_uniform(keys[b], t)``. A backend that cannot sample this way
-    leaves ``counter_noise`` unset, and a run asking for it stops with a config error.
+    ``ops.keyed_noise.keyed_uniform(keys[b], t)``. Only for backends that set the optional
+    ``counter_noise`` (see :data:`OPTIONAL`).
     """
 
     keys: tuple[int, ...]
@@ -376,6 +376,8 @@ class Backend(Protocol):
     # ``model`` / ``tokenizer``: the Hugging Face objects of transformers-style backends (whose
     #     ``token_logprobs`` also takes ``with_hidden=True``), which PPO's value head, offline
     #     DPO's preference tokenization and FSDP sharding need; they say so when it is missing.
+    # ``counter_noise = True``: ``generate`` takes :class:`NoiseKeys` (``sampling.noise: counter``);
+    #     a run asking for it with a backend that does not say so stops with a config error.
 
 
 class Algorithm(Protocol):
@@ -442,7 +444,7 @@ class Tracker(Protocol):
 
 OPTIONAL: dict[type, tuple[str, ...]] = {
     Backend: ("render", "reference_model", "correct_sampler_mismatch", "weights_state_dict", "model", "tokenizer",
-              "add_role", "use_role"),
+              "add_role", "use_role", "counter_noise"),
     Algorithm: ("uses_rollouts", "offline_step", "held_out_metrics"),
     Tracker: ("resume", "log_trajectories", "log_checkpoint", "display_only"),
 }

@@ -144,11 +144,12 @@ def play(
             if not isinstance(obs, Observation):
                 raise TypeError(f"reset() returned {type(obs).__name__}, expected Observation")
             key = _messages_key(obs.messages)
-            if key is None or key not in encoded:
+            prompt = encoded.get(key) if key is not None else None
+            if prompt is None:
                 prompt = list(backend.encode_prompt(obs.messages))
                 if key is not None:
                     encoded[key] = prompt
-            ep.prompt = list(encoded[key]) if key is not None else prompt
+            ep.prompt = list(prompt)
             ep.context = list(ep.prompt)
         except Exception as exc:
             ep.failure, ep.done = f"prompt could not be encoded: {type(exc).__name__}: {exc}", True

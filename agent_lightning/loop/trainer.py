@@ -136,7 +136,7 @@ class Trainer:
         self._seed_everything(c.trainer.seed)
         with progress.task(progress.model_label(c.model)):
             self.backend = create_component(self.pm, "backend", "backend", c.backend.name, c.model, c.backend, seed=c.trainer.seed)
-        if c.sampling.noise == "counter" and not getattr(self.backend, "counter_noise", False):
+        if c.sampling.noise == "counter" and not optional(self.backend, Backend, "counter_noise", False):
             raise ConfigError(f"sampling.noise: the '{c.backend.name}' backend cannot sample with counter noise; "
                               "use sampling.noise=generator")
         self.roles = list(c.agent.roles) if c.agent is not None else []

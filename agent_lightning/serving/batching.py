@@ -6,10 +6,11 @@ waits for more (until ``max_batch``, or for ``max_wait_s`` — stretched to 5 % 
 CPU, agents' HTTP clients need tens of milliseconds to all get their next request in, and a
 batch split in two costs a whole second ``generate``), and samples every compatible
 request (same temperature, top-p, stop strings and role) in one ``generate`` call, with one
-``torch.Generator`` per request or counter-based keys (``sampling.noise``): per-call noise, so a
-call's sample does not depend on what else shares its batch. Requests asking for fewer new tokens than the batch's longest are
-cut at their own ``max_new_tokens`` (``finish_reason "length"``); log-probs of the kept
-tokens are unchanged, since a token's sample never depends on later ones.
+``torch.Generator`` per request or counter-based keys (``sampling.noise``): per-call noise,
+so a call's sample does not depend on what else shares its batch. Requests asking for fewer
+new tokens than the batch's longest are cut at their own ``max_new_tokens`` (``finish_reason
+"length"``); log-probs of the kept tokens are unchanged, since a token's sample never depends
+on later ones.
 """
 
 from __future__ import annotations

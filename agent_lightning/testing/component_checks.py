@@ -21,7 +21,7 @@ import tempfile
 from typing import Any, Mapping, Sequence
 
 from agent_lightning.testing.conformance import ConformanceError
-from agent_lightning.types import OPTIONAL, Algorithm, Backend, Task, Trajectory, Turn
+from agent_lightning.types import OPTIONAL, Algorithm, Backend, Task, Trajectory, Turn, optional
 
 MESSAGES = ({"role": "system", "content": "You guess numbers."},
             {"role": "user", "content": "Guess a number between 1 and 6 ."})
@@ -112,7 +112,7 @@ def check_backend(backend: Backend) -> dict[str, Any]:
         if not isinstance(backend.decode(g.token_ids), str):
             _fail(f"{what}.decode", "must return a str")
 
-    if getattr(backend, "counter_noise", False):
+    if optional(backend, Backend, "counter_noise", False):
         _check_counter_noise(what, backend, prompt)
 
     task = Task(id="check", prompt=MESSAGES)
