@@ -378,6 +378,12 @@ class Backend(Protocol):
     #     DPO's preference tokenization and FSDP sharding need; they say so when it is missing.
     # ``counter_noise = True``: ``generate`` takes :class:`NoiseKeys` (``sampling.noise: counter``);
     #     a run asking for it with a backend that does not say so stops with a config error.
+    # ``token_loss(batch, loss_of, *, temperature, with_entropy=False) -> (loss, logprobs,
+    #     entropy | None)``: ``loss_of(logprobs [N], entropy [N] | None) -> scalar`` over the
+    #     policy tokens, differentiable; ``loss_of`` is row-separable (row i's gradient depends
+    #     on row i alone) so the backend may take its gradient inside the forward pass
+    #     (``ops.token_logprob_loss``); logprobs/entropy come back detached. The policy-gradient
+    #     algorithms use it when present, else ``token_logprobs`` and autograd.
 
 
 class Algorithm(Protocol):
@@ -444,7 +450,7 @@ class Tracker(Protocol):
 
 OPTIONAL: dict[type, tuple[str, ...]] = {
     Backend: ("render", "reference_model", "correct_sampler_mismatch", "weights_state_dict", "model", "tokenizer",
-              "add_role", "use_role", "counter_noise"),
+              "add_role", "use_role", "counter_noise", "token_loss"),
     Algorithm: ("uses_rollouts", "offline_step", "held_out_metrics"),
     Tracker: ("resume", "log_trajectories", "log_checkpoint", "display_only"),
 }

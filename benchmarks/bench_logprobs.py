@@ -10,11 +10,15 @@ the ``reduction='none'`` case RL losses need):
 * ``torch_lce_chunked``  the same with ``options=LinearCrossEntropyOptions()`` (chunked), if present
 * ``liger``       Liger-Kernel's fused linear cross-entropy, if installed (CUDA only)
 * ``ours``        ``agent_lightning.ops.token_logprobs`` (Triton on CUDA, chunked torch on CPU)
+* ``ours_loss``   ``agent_lightning.ops.token_logprob_loss`` with the same per-token loss
+                  (``sum(logp * upstream)``) given up front: the gradient is taken in the
+                  forward sweep, three matmuls (what the trainer's policy losses use on CPU)
 * ``mm``          one plain ``torch.mm`` of the logits' shape, for scale: a linear layer's
                   forward + backward is three of these ("mm-equiv" = 3 * t_mm / t)
 * ``mm3``         those three matmuls themselves (logits, grad of hidden, grad of weight):
-                  the floor of an exact forward + backward. Ours does four (it recomputes the
-                  logits in the backward pass instead of storing them), so ~1.33x is its floor
+                  the floor of an exact forward + backward. ``ours`` does four (it recomputes the
+                  logits in the backward pass instead of storing them), so ~1.33x is its
+                  floor; ``ours_loss`` does these three
 
 On CPU every method runs in a fresh process; its peak extra memory is the growth of the
 process' resident high-water mark over its first call (see ``_common.run_isolated``). On
@@ -49,7 +53,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-METHODS = ("naive", "selective", "torch_lce", "torch_lce_chunked", "liger", "ours", "mm", "mm3")
+METHODS = ("naive", "selective", "torch_lce", "torch_lce_chunked", "liger", "ours", "ours_loss", "mm", "mm3")
 CPU_SHAPES = [(4096, 576, 49152, "float32"), (2048, 896, 151936, "float32")]
 CUDA_SHAPES = CPU_SHAPES + [(8192, 2048, 128256, "bfloat16"), (16384, 4096, 151936, "bfloat16")]
 QUICK_SHAPES = [(512, 128, 8192, "float32")]
@@ -132,6 +136,13 @@ def method_fn(method: str, hidden, weight, targets, upstream):
             reset()
             logp = token_logprobs(hidden, weight, targets)
             (logp * upstream).sum().backward()
+
+    elif method == "ours_loss":
+        from agent_lightning.ops import token_logprob_loss
+
+        def run():
+            reset()
+            token_logprob_loss(hidden, weight, targets, lambda logp, _: (logp * upstream).sum()).loss.backward()
 
     elif method == "mm":
         out = torch.empty(hidden.shape[0], weight.shape[0], dtype=hidden.dtype, device=hidden.device)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from agent_lightning.types import Trajectory
+from agent_lightning.types import Backend, Trajectory, optional
 
 if TYPE_CHECKING:
     import torch
@@ -274,6 +274,26 @@ def policy_loss(logprobs: "torch.Tensor", entropy: "torch.Tensor", batch: "Packe
         loss = loss + options.kl_coef * kl_term
         stats["kl"] = kl_term.detach()
     return loss, stats
+
+
+def backend_policy_loss(backend: Backend, batch: "PackedBatch", norm_tokens: int, options: Any, temperature: float,
+                        ref_logprobs: "torch.Tensor | None" = None) -> "tuple[torch.Tensor, dict[str, Any]]":
+    """:func:`policy_loss` over the policy's log-probs of ``batch`` at ``temperature``.
+
+    Through the backend's optional ``token_loss`` when it has one (the loss is row-separable,
+    so its gradient is taken in the forward sweep: one lm-head matmul fewer), else
+    ``token_logprobs`` and autograd. Same loss, gradients and diagnostics either way.
+    """
+    token_loss = optional(backend, Backend, "token_loss")
+    if token_loss is None:
+        logp, entropy = backend.token_logprobs(batch, temperature=temperature, with_entropy=True)
+        return policy_loss(logp, entropy, batch, norm_tokens, options, ref_logprobs)
+
+    def loss_of(logp: "torch.Tensor", entropy: "torch.Tensor | None") -> "torch.Tensor":
+        return policy_loss(logp, entropy, batch, norm_tokens, options, ref_logprobs)[0]
+
+    loss, logp, entropy = token_loss(batch, loss_of, temperature=temperature, with_entropy=True)
+    return loss, policy_loss(logp, entropy, batch, norm_tokens, options, ref_logprobs)[1]
 
 
 def healthy(trajectories: Sequence[Trajectory]) -> list[Trajectory]:

@@ -12,7 +12,8 @@ aggregated over tokens (``token-mean``), per sequence then over sequences
 (``seq-mean-token-mean``), or as per-sequence sums over a constant (``seq-mean-token-sum``,
 Dr. GRPO), plus ``kl_coef * KL(policy || reference)`` (k1, k2 or k3, clamped) when
 ``kl_coef > 0`` (a coefficient of 0 loads no reference model) and ``-entropy_coef * H``.
-Log-probs come from ``ops.token_logprobs`` on the final hidden states (fused path).
+Log-probs come from ``ops.token_logprobs`` on the final hidden states (fused path); the loss
+through the backend's ``token_loss`` when it has one (``common.backend_policy_loss``).
 Failed episodes are left out of both the group statistics and the loss. The pieces
 shared with the other algorithms (surrogate, aggregation, KL, the epoch/minibatch loop)
 live in ``algorithms/common.py`` and ``algorithms/training.py``.
@@ -100,11 +101,10 @@ class GRPO:
 
     def loss(self, backend: Backend, batch: PackedBatch, norm_tokens: int) -> tuple[Any, dict[str, Any]]:
         """The GRPO loss of one micro-batch and its (detached) diagnostics."""
-        logp, entropy = backend.token_logprobs(batch, temperature=self.pg.temperature, with_entropy=True)
         ref = None
         if self.config.kl_coef > 0:
             ref, _ = backend.token_logprobs(batch, temperature=self.pg.temperature, reference=True)
-        return common.policy_loss(logp, entropy, batch, norm_tokens, self.config, ref)
+        return common.backend_policy_loss(backend, batch, norm_tokens, self.config, self.pg.temperature, ref)
 
     def update(self, backend: Backend, batch: PackedBatch | None) -> dict[str, float]:
         """``epochs`` passes of ``minibatches`` optimizer steps (``training.optimize_sequences``)."""

@@ -318,8 +318,7 @@ class PolicyGradient:
         c = self.config
         kl_in_loss = c.kl_coef > 0 and getattr(c, "kl_mode", "reward") == "loss"
         ref = batch.extras["ref_logprobs"] if kl_in_loss else None
-        logp, entropy = backend.token_logprobs(batch, temperature=self.temperature, with_entropy=True)
-        return common.policy_loss(logp, entropy, batch, norm_tokens, self.config, ref)
+        return common.backend_policy_loss(backend, batch, norm_tokens, self.config, self.temperature, ref)
 
     def update(self, backend: Backend, batch: "PackedBatch | None",
                advantages: Callable[[Backend, "PackedBatch"], "tuple[PackedBatch, dict[str, float]]"]) -> dict[str, float]:

@@ -6,6 +6,8 @@ use, so ``import agent_lightning.ops`` is cheap.
 
 Public ops (see each module for shapes):
 * ``token_logprobs``  — fused log-prob / entropy from hidden states (``ops/logprobs.py``)
+* ``token_logprob_loss`` — a row-separable loss of those, its gradient taken in the forward
+  sweep (three matmuls instead of four; ``ops/logprob_loss.py``)
 * ``gae``             — generalised advantage estimation, padded or packed (``ops/gae.py``)
 * ``group_advantages``— GRPO / Dr. GRPO / RLOO baselines (``ops/advantages.py``)
 * ``kl_penalty``      — k1 / k2 / k3 estimators, clamped (``ops/kl.py``)
@@ -21,6 +23,7 @@ from typing import Any
 
 _EXPORTS = {
     "token_logprobs": "logprobs",
+    "token_logprob_loss": "logprob_loss",
     "gae": "gae",
     "group_advantages": "advantages",
     "kl_penalty": "kl",

@@ -9,8 +9,9 @@
 token ids inside ``vocab_size``, reproducible sampling with per-prompt generators (and, for a
 backend that sets ``counter_noise``, with ``NoiseKeys``, whatever the batch), sampling
 log-probs equal to the recomputed ones, gradients and an optimizer step that moves the
-policy and bumps ``version``, a skipped step that changes nothing, a frozen reference, and a
-save/load round trip. ``check_algorithm`` runs ``setup``/``prepare``/``update`` on episodes
+policy and bumps ``version``, a skipped step that changes nothing, a frozen reference, a
+save/load round trip, and (for a backend with ``token_loss``) the same loss and gradient as
+``token_logprobs`` with autograd. ``check_algorithm`` runs ``setup``/``prepare``/``update`` on episodes
 sampled from the backend and round-trips ``state_dict``.
 """
 
@@ -156,11 +157,46 @@ def check_backend(backend: Backend) -> dict[str, Any]:
             restored, _ = backend.token_logprobs(batch, temperature=1.0)
         if int(backend.version) != version or not torch.allclose(restored, logp.detach(), atol=1e-6):
             _fail(f"{what}.load", "did not restore the saved policy and version")
+        if optional(backend, Backend, "token_loss") is not None:
+            _check_token_loss(what, backend, batch, folder)
     info = backend.describe()
     missing = {"model/parameters", "model/trainable_parameters", "model/device"} - set(info)
     if missing:
         _fail(f"{what}.describe", f"missing {sorted(missing)}")
     return {"vocab_size": vocab, "policy_tokens": n, "max_logprob_gap": gap}
+
+
+def _check_token_loss(what: str, backend: Backend, batch: Any, folder: str) -> None:
+    """``token_loss`` gives the loss, log-probs, entropy and gradient that ``token_logprobs`` and
+    autograd give for the same row-separable loss (compared through ``optimizer_step``'s grad_norm)."""
+    import torch
+
+    n = int(batch.policy_index.numel())
+    weights = torch.linspace(-1.0, 1.0, n)
+
+    def loss_of(logp, entropy):
+        return (logp * weights.to(logp)).sum() + 0.1 * (entropy * weights.flip(0).to(entropy)).sum()
+
+    logp, entropy = backend.token_logprobs(batch, temperature=1.0, with_entropy=True)
+    want = loss_of(logp, entropy)
+    want.backward()
+    want_norm = backend.optimizer_step(1e9)["grad_norm"]
+    backend.load(folder)
+    loss, got_logp, got_entropy = backend.token_loss(batch, loss_of, temperature=1.0, with_entropy=True)
+    if not getattr(loss, "requires_grad", False) or tuple(getattr(loss, "shape", (None,))) != ():
+        _fail(f"{what}.token_loss", "must return a scalar loss that carries a gradient")
+    if got_entropy is None or got_logp.requires_grad:
+        _fail(f"{what}.token_loss", "must return the detached log-probs and (asked for) entropy")
+    gap = max(float((got_logp.float() - logp.detach().float()).abs().max()),
+              float((got_entropy.float() - entropy.detach().float()).abs().max()),
+              float((loss.detach().float() - want.detach().float()).abs()))
+    if gap > 1e-4:
+        _fail(f"{what}.token_loss", f"loss, log-probs or entropy differ from token_logprobs' by {gap:.2e}")
+    loss.backward()
+    got_norm = backend.optimizer_step(1e9)["grad_norm"]
+    backend.load(folder)
+    if not math.isclose(got_norm, want_norm, rel_tol=1e-3, abs_tol=1e-6):
+        _fail(f"{what}.token_loss", f"gradient norm {got_norm:.6g}, but token_logprobs + autograd give {want_norm:.6g}")
 
 
 def check_algorithm(algorithm: Any, backend: Backend, *, rewards: Sequence[float] = (0.0, 1.0, 0.0, 1.0)) -> Mapping[str, float]:

@@ -100,3 +100,15 @@ def test_check_backend_names_a_backend_that_claims_counter_noise_but_ignores_the
     backend.counter_noise = True
     with pytest.raises(ConformanceError, match="sets counter_noise but"):
         check_backend(backend)
+
+
+def test_check_backend_names_a_token_loss_whose_gradient_differs(al_tiny_policy):
+    original = al_tiny_policy.token_loss
+
+    def steeper(batch, loss_of, **kw):  # same value, 1.5x the gradient
+        loss, logp, entropy = original(batch, loss_of, **kw)
+        return loss + 0.5 * (loss - loss.detach()), logp, entropy
+
+    al_tiny_policy.token_loss = steeper
+    with pytest.raises(ConformanceError, match="token_loss: gradient norm .* but token_logprobs \\+ autograd give"):
+        check_backend(al_tiny_policy)

@@ -8,23 +8,12 @@ temperature, on the torch path and the Triton kernel (interpreted on CPU).
 import pytest
 import torch
 
+from _head_reference import reference_logprobs as _reference
 from _kernel_params import impl_params
 from agent_lightning.ops import token_logprobs
 from agent_lightning.ops.logprobs import TokenLogprobs, chunked_token_logprobs
 
 IMPLS = impl_params()
-
-
-def _reference(hidden, weight, targets, bias, logit_scale, softcap, temperature):
-    """Full float64 logits, transformed the way the model families do it."""
-    y = hidden.double() @ weight.double().T
-    if bias is not None:
-        y = y + bias.double()
-    y = y * logit_scale
-    if softcap is not None:
-        y = softcap * torch.tanh(y / softcap)
-    log_p = torch.log_softmax(y / temperature, dim=-1)
-    return log_p.gather(1, targets[:, None]).squeeze(1), -(log_p.exp() * log_p).sum(-1)
 
 
 def _leaves(seed, n, h, v, bias, device, scale=3.0):

@@ -9,6 +9,7 @@ final hidden states through ``agent_lightning.ops.token_logprobs`` (the fused pa
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from pathlib import Path
 from typing import Any, Sequence
@@ -273,39 +274,65 @@ class TransformersBackend:
             ``(logprobs [N], entropy [N] | None)`` float32 over the batch's policy tokens in
             stream order, ``N = batch.policy_index.numel()``.
         """
-        import contextlib
-
-        import torch
-
         from agent_lightning import ops
+
+        with self._policy_forward(batch, reference) as (hidden, head, targets):
+            out = ops.token_logprobs(hidden, head.weight, targets, bias=head.bias,
+                                     logit_scale=head.logit_scale, softcap=head.softcap,
+                                     temperature=temperature, return_entropy=with_entropy)
+        result = (out.logprobs, out.entropy) if with_entropy else (out, None)
+        return (*result, hidden) if with_hidden else result
+
+    def token_loss(self, batch: Any, loss_of: Any, *, temperature: float,
+                   with_entropy: bool = False) -> tuple[Any, Any, Any]:
+        """A row-separable loss of the policy tokens' log-probs, its gradient taken in the
+        forward sweep (``ops.token_logprob_loss``: three lm-head matmuls instead of four, two
+        with a frozen head).
+
+        Args:
+            batch: ``agent_lightning.loop.batch.PackedBatch``.
+            loss_of: ``(logprobs [N], entropy [N] | None) -> scalar``; row ``i``'s gradient must
+                depend on row ``i`` alone (every clipped-surrogate, entropy and KL term with fixed
+                per-token weights does), and the tensors it closes over are constants.
+            temperature: The sampling temperature (logits are divided by it).
+            with_entropy: Compute the entropy and pass it to ``loss_of``.
+
+        Returns:
+            ``(loss, logprobs [N], entropy [N] | None)``: the scalar loss, differentiable w.r.t.
+            the policy's weights, and the detached float32 values it was computed from.
+        """
+        from agent_lightning import ops
+
+        with self._policy_forward(batch, False) as (hidden, head, targets):
+            out = ops.token_logprob_loss(hidden, head.weight, targets, loss_of, bias=head.bias,
+                                         logit_scale=head.logit_scale, softcap=head.softcap,
+                                         temperature=temperature, with_entropy=with_entropy)
+        return out.loss, out.logprobs, out.entropy
+
+    @contextlib.contextmanager
+    def _policy_forward(self, batch: Any, reference: bool) -> Any:
+        """In the forward passes' precision (and without grad for the reference): the final hidden
+        states that predict the policy tokens ``[N, H]``, the output head, the targets ``[N]``."""
+        import torch
 
         from agent_lightning.backends.transformers import modeling
 
         model = self.reference_model() if reference else self.model
         context = torch.no_grad() if reference else contextlib.nullcontext()
-        if reference and self.is_lora:
-            context_adapter = self.model.disable_adapter()
-        else:
-            context_adapter = contextlib.nullcontext()
-        with context, context_adapter, self._compute():
+        adapter = self.model.disable_adapter() if reference and self.is_lora else contextlib.nullcontext()
+        with context, adapter, self._compute():
             hidden = modeling.final_hidden_states(
                 model, batch.input_ids.to(self.device), batch.position_ids.to(self.device),
                 batch.cu_seqlens.to(self.device),
             )
-            head = modeling.output_head(model)  # weight, bias, logit scale, soft-cap of the family
             index = batch.policy_index.to(self.device)
             targets = batch.input_ids.to(self.device)[index]
-            out = ops.token_logprobs(hidden[index - 1], head.weight, targets, bias=head.bias,
-                                     logit_scale=head.logit_scale, softcap=head.softcap,
-                                     temperature=temperature, return_entropy=with_entropy)
-        result = (out.logprobs, out.entropy) if with_entropy else (out, None)
-        return (*result, hidden[index - 1]) if with_hidden else result
+            # weight, bias, logit scale, soft-cap of the family
+            yield hidden[index - 1], modeling.output_head(model), targets
 
     def _compute(self) -> Any:
         """The forward passes' precision context: ``torch.autocast`` in ``backend.autocast``'s dtype,
         or nothing (float32 throughout)."""
-        import contextlib
-
         import torch
 
         if self.autocast is None:
