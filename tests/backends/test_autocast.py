@@ -75,3 +75,43 @@ def test_lora_under_autocast_keeps_the_frozen_base_in_bfloat16_and_the_adapters_
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     kls = [r["train/kl"] for r in rows if "train/kl" in r]
     assert len(kls) == 2 and all(k == k for k in kls)  # the reference (adapters off) runs in bfloat16 too
+
+
+def test_lora_sampling_under_autocast_casts_the_frozen_head_once_and_samples_the_same(tmp_path, tiny_config_dict):
+    import contextlib
+
+    data = tiny_config_dict()
+    data["model"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    data["model"]["preset_options"] = dict(data["model"]["preset_options"], tie_embeddings=True)
+    data["backend"]["autocast"] = "bfloat16"
+    backend = Trainer(validate(data), tmp_path / "run").backend
+    head = backend.model.get_base_model().lm_head
+    original = head.weight
+    assert original is backend.model.get_base_model().model.embed_tokens.weight  # tied
+    prompt = backend.encode_prompt([{"role": "user", "content": "guess my number between 1 and 6"}])
+    seen = []
+    hook = head.register_forward_hook(lambda mod, inputs, out: seen.append(mod.weight.dtype))
+
+    def sample():
+        return backend.generate([prompt] * 3, temperature=1.0, max_new_tokens=6,
+                                generator=torch.Generator().manual_seed(3))
+
+    try:
+        swapped = sample()
+        copy = backend._sampling_head_weight[2]
+        again = sample()
+        assert backend._sampling_head_weight[2] is copy  # cast once, reused while the head is unchanged
+        backend._sampling_head = contextlib.nullcontext  # autocast's own per-call cast
+        plain = sample()
+    finally:
+        hook.remove()
+    assert set(seen[: 2 * len(seen) // 3]) == {torch.bfloat16}
+    assert [(g.token_ids, g.logprobs) for g in swapped] == [(g.token_ids, g.logprobs) for g in plain]
+    assert [g.token_ids for g in again] == [g.token_ids for g in swapped]
+    assert head.weight is original and original.dtype == torch.float32  # the tie is back
+    with torch.no_grad():
+        original.mul_(1.5)  # a changed head (a loaded checkpoint) is cast again
+    del backend._sampling_head
+    sample()
+    assert backend._sampling_head_weight[2] is not copy
+    torch.testing.assert_close(backend._sampling_head_weight[2].float(), original.detach().to(torch.bfloat16).float())

@@ -18,18 +18,26 @@ from agent_lightning.metrics import read_metrics
 
 
 def _nan_logprobs_from(monkeypatch, steps: set[int] | int) -> dict:
-    """Make the policy's training log-probs NaN during the given training steps (1-based)."""
+    """Make the policy's training log-probs NaN during the given training steps (1-based), on both
+    paths to a loss: ``token_logprobs`` and ``token_loss`` (which the policy-gradient losses take)."""
     state = {"step": 0}
-    original = TransformersBackend.token_logprobs
+    original, original_loss = TransformersBackend.token_logprobs, TransformersBackend.token_loss
+
+    def bad():
+        hit = state["step"] in steps if isinstance(steps, set) else state["step"] >= steps
+        return hit and torch.is_grad_enabled()
 
     def poisoned(self, batch, **kwargs):
         logp, *rest = original(self, batch, **kwargs)
-        bad = state["step"] in steps if isinstance(steps, set) else state["step"] >= steps
-        if bad and torch.is_grad_enabled():
-            logp = logp * float("nan")
-        return (logp, *rest)
+        return (logp * float("nan") if bad() else logp, *rest)
+
+    def poisoned_loss(self, batch, loss_of, **kwargs):
+        if bad():
+            return original_loss(self, batch, lambda logp, entropy: loss_of(logp * float("nan"), entropy), **kwargs)
+        return original_loss(self, batch, loss_of, **kwargs)
 
     monkeypatch.setattr(TransformersBackend, "token_logprobs", poisoned)
+    monkeypatch.setattr(TransformersBackend, "token_loss", poisoned_loss)
     original_step = Trainer.train_step
 
     def counting(self):
