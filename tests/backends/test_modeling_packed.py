@@ -264,3 +264,35 @@ def test_a_row_of_many_sequences_takes_the_bucketed_path_and_equals_padded(monke
     assert len(calls) == model.config.num_hidden_layers  # one bucketed call per layer
     for i, (g, w) in enumerate(zip(got, want)):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5, msg=f"sequence {i} (length {lengths[i]})")
+
+
+def test_packed_attention_under_autocast_runs_in_float32(monkeypatch):
+    """On CPU, bfloat16 SDPA is ~3.5x slower at training shapes: a packed row's attention is
+    computed in float32 (also when autocast would cast q/k/v down), in the query's dtype out."""
+    import torch.nn.functional as F
+
+    import agent_lightning.backends.transformers.modeling as modeling
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype, torch.is_autocast_enabled("cpu")))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    gen = torch.Generator().manual_seed(2)
+    sizes = [5, 9, 3]
+    cu = torch.tensor([0, 5, 14, 17], dtype=torch.int32)
+    q, k, v = (torch.randn(1, 4, 17, 8, generator=gen) for _ in range(3))
+    exact, _ = modeling.packed_sdpa_attention(None, q, k, v, None, cu_seq_lens_q=cu)
+    seen.clear()
+    out, _ = modeling.packed_sdpa_attention(None, q.bfloat16(), k.bfloat16(), v.bfloat16(), None, cu_seq_lens_q=cu)
+    assert out.dtype == torch.bfloat16 and seen == [(torch.float32,) * 3 + (False,)] * len(sizes)
+    torch.testing.assert_close(out, modeling.packed_sdpa_attention(
+        None, q.bfloat16().float(), k.bfloat16().float(), v.bfloat16().float(), None, cu_seq_lens_q=cu)[0].bfloat16())
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 q/k (after rotary), bfloat16 v
+        mixed, _ = modeling.packed_sdpa_attention(None, q, k, v.bfloat16(), None, cu_seq_lens_q=cu)
+    assert seen == [(torch.float32,) * 3 + (False,)] * len(sizes) and mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, exact, atol=2e-2, rtol=2e-2)  # v rounded to bfloat16, nothing else

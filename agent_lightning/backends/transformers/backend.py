@@ -88,6 +88,14 @@ class TransformersBackend:
 
         # transformers 5.x renamed past_key_values to cache; ask the causal LM (not a peft wrapper).
         self._cache_kw = "cache" if "cache" in inspect.signature(causal_lm(self.model).forward).parameters else "past_key_values"
+        self._merged = None
+        if backend_config.merged_sampling:
+            if not self.is_lora or model_config.quantization:
+                raise ValueError("backend.merged_sampling: folds a LoRA adapter into a sampling copy; it needs "
+                                 "model.lora and no model.quantization")
+            from agent_lightning.backends.transformers.merged_sampling import MergedSampler
+
+            self._merged = MergedSampler(self.model)
         # Encode the prompts' common prefix once per generate call (see shared_prefix_length).
         self.share_prefix = True
         self._reference: Any = None
@@ -144,7 +152,7 @@ class TransformersBackend:
 
         if not prompts:
             return []
-        model = self.model
+        model = self.model if self._merged is None else self._merged.refreshed(self.model)
         was_training = model.training
         model.eval()
         batch = len(prompts)
@@ -166,7 +174,7 @@ class TransformersBackend:
         cache = None
         step_ids, step_pos = ids, positions
         try:
-            with torch.no_grad(), self._compute(), self._sampling_head():
+            with torch.no_grad(), self._compute(), self._sampling_head(model):
                 if shared:
                     # The prompts' common prefix (system prompt, worked examples) is encoded once
                     # and its KV cache copied to every row; rows then read [prefix | pad | suffix].
@@ -332,7 +340,7 @@ class TransformersBackend:
             yield hidden[index - 1], modeling.output_head(model), targets
 
     @contextlib.contextmanager
-    def _sampling_head(self) -> Any:
+    def _sampling_head(self, model: Any) -> Any:
         """For sampling under autocast with a frozen output head (LoRA): the head's weight in the
         autocast dtype, cast once and kept while it is unchanged, swapped in for the generate call.
 
@@ -343,7 +351,7 @@ class TransformersBackend:
         """
         from agent_lightning.backends.transformers import modeling
 
-        head = modeling.causal_lm(self.model).get_output_embeddings() if self.autocast else None
+        head = modeling.causal_lm(model).get_output_embeddings() if self.autocast else None
         weight = getattr(head, "weight", None)
         import torch
 
@@ -406,6 +414,10 @@ class TransformersBackend:
 
         self.model.add_adapter(name, lora_config(self.model.get_base_model(), lora or self._lora_settings))
         self.roles.append(name)
+        if self._merged is not None:  # the role's adapter may sit on other layers
+            from agent_lightning.backends.transformers.merged_sampling import MergedSampler
+
+            self._merged = MergedSampler(self.model)
         self.use_role(self.roles[0])
 
     def use_role(self, name: str) -> None:
