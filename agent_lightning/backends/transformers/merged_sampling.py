@@ -36,6 +36,8 @@ class MergedSampler:
                 raise ValueError(f"backend.merged_sampling: cannot fold the adapter of '{name}' "
                                  f"({type(module).__name__}); only adapters on Linear layers")
         plain = copy.deepcopy(peft_model.base_model).unload()  # the causal LM without LoRA layers
+        plain.requires_grad_(False)  # before sharing: the policy's own parameters keep their flags
+        plain.eval()
         base_lm = peft_model.get_base_model()
         prefix = "base_model.model."
         for name, module in adapted.items():
@@ -51,8 +53,6 @@ class MergedSampler:
                 original = _parameter(base_lm, full)
                 if original is not None:
                     setattr(module, param_name, original)
-        plain.eval()
-        plain.requires_grad_(False)
         self.model = plain
         self._key: Any = None
 
