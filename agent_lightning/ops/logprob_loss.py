@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from agent_lightning.ops.head_transform import HeadTransform
+from agent_lightning.ops.logprobs import _logits_into
 
 LossOf = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 """``loss_of(logprobs [N], entropy [N] | None) -> scalar``, row-separable (module docstring)."""
@@ -133,9 +134,7 @@ def _row_grads(loss_of: LossOf, logp: torch.Tensor, ent: torch.Tensor | None):
         inputs = [lp] if en is None else [lp, en]
         grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     g_lp = grads[0] if grads[0] is not None else torch.zeros_like(lp)
-    g_ent = None
-    if en is not None:
-        g_ent = grads[1] if grads[1] is not None else None
+    g_ent = grads[1] if en is not None else None  # None also when the loss ignores the entropy
     return g_lp.to(logp.dtype), None if g_ent is None else g_ent.to(logp.dtype)
 
 
@@ -189,10 +188,7 @@ def _sweep(hidden, weight, bias, targets, head: HeadTransform, want_entropy: boo
         h = hidden[s:e].detach().to(acc)
         tgt = targets[s:e]
         z = flat[: r * vocab].view(r, vocab)
-        if b is None:
-            torch.mm(h * pre, w.t(), out=z)
-        else:
-            torch.addmm(b, h * pre, w.t(), out=z)
+        _logits_into(z, h * pre, w, b)
         dcap = None
         if capped:
             t = z.tanh_()
