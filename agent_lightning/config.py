@@ -92,6 +92,10 @@ class BackendConfig(_Strict):
         "when the adapter changes: no adapter matmuls per decoded token (SmolLM2-135M, 2 CPU cores, 16 rows "
         "x 16 tokens under bfloat16 autocast: 1.8 -> 1.3 s); costs a copy of the adapted layers' weights; "
         "the sampler/trainer log-prob gap then includes the merge's rounding"))
+    kv_cache: Literal["dynamic", "static"] = Field("dynamic", description=(
+        "generate's KV cache: dynamic (transformers' DynamicCache, grown with torch.cat at every token) or "
+        "static (StaticCache buffers sized for prompt + max_new_tokens, written in place and reused across "
+        "calls; models whose cache cannot be static keep the dynamic one)"))
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -222,6 +222,11 @@ class Environment(Protocol):
     (``environment.options``). The loop calls ``tasks`` once per split, then
     ``reset(task)`` / ``step(action)``... until ``done``, then ``close`` at the end of
     the run (``close`` must be idempotent).
+
+    Optional: a class attribute ``inline = True`` says ``reset``/``step`` are quick, pure
+    Python and never block (a game, a string check): the loop then calls them in its own
+    thread instead of a worker thread, with no step timeout. Leave it out for anything that
+    waits on I/O, a subprocess or a server.
     """
 
     def tasks(self, split: str) -> Sequence[Task]: ...

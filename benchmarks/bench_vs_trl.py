@@ -59,7 +59,12 @@ def text_reward(text: str) -> float:
 # ---------------------------------------------------------------------- agent-lightning side
 
 class PromptEnv:
-    """One turn: the fixed prompt, then the completion is scored by ``text_reward``."""
+    """One turn: the fixed prompt, then the completion is scored by ``text_reward``.
+
+    A pure function of the text, so stepped in the loop's own thread (``inline``), as TRL calls
+    its reward function."""
+
+    inline = True
 
     def __init__(self, prompts: int = 4):
         self.prompts = prompts

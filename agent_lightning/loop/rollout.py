@@ -1,7 +1,8 @@
 """Playing episodes: batched multi-turn rollouts, token-in/token-out, fault-isolated.
 
 All active episodes advance in lockstep: one batched ``generate`` per turn, then every
-environment steps on the decoded action (in a thread pool, each step under a timeout).
+environment steps on the decoded action (in a thread pool, each step under a timeout; an
+environment that declares ``inline = True`` is stepped in the loop's own thread).
 The sequence trained on is the prompt's tokens, then for each turn the sampled ids and
 the observation's tokens — the decoded text goes to the environment, never back into
 the token stream. An episode whose environment raises or times out is ended and marked
@@ -72,6 +73,26 @@ def _failure_text(stage: str, exc: BaseException) -> str:
     return f"environment {stage} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
 
 
+def runs_inline(env: Environment) -> bool:
+    """Whether ``env`` declares ``inline = True``: its ``reset``/``step`` are quick pure-Python
+    calls that never block, so the loop makes them itself instead of handing each to a worker
+    thread (a thread hand-off per call costs tens of microseconds, more than such a step; there
+    is then no step timeout to enforce). Errors still fail only their episode."""
+    return getattr(env, "inline", False) is True
+
+
+def _call_inline(fn: Callable[[Any], Any], arg: Any) -> futures.Future:
+    """``fn(arg)`` called now, its result or exception held in a finished future."""
+    future: futures.Future = futures.Future()
+    try:
+        future.set_result(fn(arg))
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - reported by run_all like a worker thread's error
+        future.set_exception(exc)
+    return future
+
+
 def episode_seed(base: str | int, episode_id: str, turn: int) -> int:
     """The 63-bit sampling seed of one episode's turn under the seed key ``base``.
 
@@ -126,7 +147,8 @@ def play(
     episodes = [_Episode(id=eid, task=task, group=group, env_slot=i) for i, (eid, task, group) in enumerate(jobs)]
 
     def run_all(stage: str, calls: list[tuple[_Episode, Callable[[Any], Any], Any]]) -> list[tuple[_Episode, Any]]:
-        submitted = [(ep, executor.submit(fn, arg)) for ep, fn, arg in calls]
+        submitted = [(ep, _call_inline(fn, arg) if runs_inline(envs.instances[ep.env_slot])
+                      else executor.submit(fn, arg)) for ep, fn, arg in calls]
         results = []
         for ep, future in submitted:
             try:

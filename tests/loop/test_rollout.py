@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import dataclasses
 import math
+import threading
 import time
 
 import pytest
@@ -133,6 +134,39 @@ def test_env_that_raises_or_hangs_fails_only_that_episode(backend):
     assert failures[2] == "environment step raised ConnectionError: backend service went away"
     assert failures[3] == "environment step timed out"
     assert len([t for t in trajs if t.failure is None][0].turns) == 4
+
+
+class InlineEnv(FlakyEnv):
+    """Declares ``inline``: records the thread of every call; raises on the reset of secret 4."""
+
+    inline = True
+    threads: set = set()
+
+    def reset(self, task):
+        InlineEnv.threads.add(threading.get_ident())
+        if task.reference["secret"] == 4:
+            raise KeyError("no such secret")
+        return super().reset(task)
+
+    def step(self, action):
+        InlineEnv.threads.add(threading.get_ident())
+        if self.secret == 3:  # an inline env has no step timeout: it must not hang, so it does not here
+            return StepResult(None, reward=0.0, done=True, info={"success": True})
+        return super().step(action)
+
+
+def test_an_inline_env_is_stepped_in_the_loops_thread_and_still_fails_only_that_episode(backend):
+    from agent_lightning.loop.rollout import runs_inline
+
+    InlineEnv.threads = set()
+    trajs = _episodes(backend, InlineEnv, n=4, timeout=0.5)
+    assert InlineEnv.threads == {threading.get_ident()}
+    failures = {t.task.reference["secret"]: t.failure for t in trajs}
+    assert failures[1] is None and failures[3] is None
+    assert failures[2] == "environment step raised ConnectionError: backend service went away"
+    assert failures[4] == "environment reset raised KeyError: 'no such secret'"
+    assert len([t for t in trajs if t.task.reference["secret"] == 1][0].turns) == 4
+    assert runs_inline(InlineEnv()) and not runs_inline(FlakyEnv())
 
 
 class FlakyPlugin:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agent_lightning.backends.transformers.chat_tokens import ChatTokens, load_chat_template
+from agent_lightning.backends.transformers.kv_cache import StaticKVCaches, fill_prefix
 from agent_lightning.backends.transformers.loading import _dtype, load_model_and_tokenizer
 from agent_lightning.backends.transformers.stop_strings import StopStrings
 from agent_lightning.config import BackendConfig, ModelConfig
@@ -88,6 +89,9 @@ class TransformersBackend:
 
         # transformers 5.x renamed past_key_values to cache; ask the causal LM (not a peft wrapper).
         self._cache_kw = "cache" if "cache" in inspect.signature(causal_lm(self.model).forward).parameters else "past_key_values"
+        # backend.kv_cache: static -> StaticCache buffers reused across generate calls (kv_cache.py).
+        self._static_caches = (StaticKVCaches(causal_lm(self.model).config)
+                               if backend_config.kv_cache == "static" else None)
         self._merged = None
         if backend_config.merged_sampling:
             if not self.is_lora or model_config.quantization:
@@ -171,7 +175,10 @@ class TransformersBackend:
             if len(noise.keys) != batch:
                 raise ValueError(f"generate: {len(noise.keys)} noise keys for {batch} prompts")
             noise = keyed_uniform(keys_tensor(noise.keys), torch.arange(max_new_tokens))  # [batch, max_new_tokens]
-        cache = None
+        # A static cache (backend.kv_cache: static) is sized for the whole call: prompt, then replies.
+        static = (self._static_caches.acquire(batch, shared + ids.shape[1] + max_new_tokens)
+                  if self._static_caches is not None else None)
+        cache = static
         step_ids, step_pos = ids, positions
         try:
             with torch.no_grad(), self._compute(), self._sampling_head(model):
@@ -180,11 +187,14 @@ class TransformersBackend:
                     # and its KV cache copied to every row; rows then read [prefix | pad | suffix].
                     prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=self.device)
                     out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
-                    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-                    if hasattr(cache, "batch_repeat_interleave"):
+                    prefix_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                    if static is not None and fill_prefix(static, prefix_cache, batch):
+                        cache = static
+                    elif hasattr(prefix_cache, "batch_repeat_interleave"):
+                        cache = prefix_cache
                         cache.batch_repeat_interleave(batch)
                     else:  # a cache type that cannot be copied per row: encode whole prompts
-                        cache, shared = None, 0
+                        cache, shared = static, 0
                         step_ids, mask, step_pos = self._left_padded(prompts, offset=0)
                 if shared:
                     mask = torch.cat([torch.ones((batch, shared), dtype=mask.dtype, device=self.device), mask], dim=1)
@@ -215,14 +225,16 @@ class TransformersBackend:
         finally:
             model.train(was_training)
         results = []
-        finished_cpu = finished.cpu()
+        # One conversion per tensor (not one .item() per token): rows of Python ints and floats.
+        id_rows, lp_rows, row_lengths, row_finished = (out_ids.tolist(), out_lp.tolist(), lengths.tolist(),
+                                                       finished.cpu().tolist())
         for row in range(batch):
-            n = int(lengths[row])
+            n = row_lengths[row]
             results.append(Generation(
-                token_ids=tuple(int(x) for x in out_ids[row, :n]),
-                logprobs=tuple(float(x) for x in out_lp[row, :n]),
+                token_ids=tuple(id_rows[row][:n]),
+                logprobs=tuple(lp_rows[row][:n]),
                 finish_reason=("stop_string" if stop_strings is not None and stop_strings.hit[row] else
-                               "stop" if bool(finished_cpu[row]) else "length"),
+                               "stop" if row_finished[row] else "length"),
             ))
         return results
 
