@@ -28,7 +28,6 @@ class GuessNumberEnv:
     """Find the secret number from higher/lower hints (multi-turn)."""
 
     description = "find a secret number from higher/lower hints (multi-turn quickstart)"
-    inline = True  # reset/step are a comparison of two ints: stepped in the loop's thread
 
     def __init__(self, max_number: int = 10, max_turns: int = 5, eval_repeats: int = 1,
                  wasted_guess_penalty: float = 0.0):
