@@ -96,6 +96,11 @@ class BackendConfig(_Strict):
         "generate's KV cache: dynamic (transformers' DynamicCache, grown with torch.cat at every token) or "
         "static (StaticCache buffers sized for prompt + max_new_tokens, written in place and reused across "
         "calls; models whose cache cannot be static keep the dynamic one)"))
+    share_prompts: bool = Field(True, description=(
+        "training forwards encode a prompt shared by several sequences of the batch (a GRPO group's) once, "
+        "the sampled remainders attending to it, instead of once per sequence: same hidden states and "
+        "gradients up to float rounding (agent_lightning/backends/transformers/shared_prompts.py); used where "
+        "it removes at least 10 % of the batch's tokens and the attention runs packed (not flash-attn)"))
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -126,13 +126,11 @@ class PPO:
     def values(self, backend: Backend, batch: PackedBatch, hidden: Any = None) -> Any:
         """``V`` of each policy token's context: float32 ``[N]``. ``hidden`` (``[N, H]``, the
         policy's, from the same forward) saves a pass when the critic is the head."""
-        from agent_lightning.backends.transformers import modeling
+        from agent_lightning.backends.transformers.shared_prompts import policy_hidden_states
 
         if self.critic_model is not None:
-            device = self.value_head.weight.device
-            states = modeling.final_hidden_states(self.critic_model, batch.input_ids.to(device),
-                                                  batch.position_ids.to(device), batch.cu_seqlens.to(device))
-            hidden = states[batch.policy_index.to(device) - 1]
+            hidden = policy_hidden_states(self.critic_model, batch, self.value_head.weight.device,
+                                          share=getattr(backend, "share_prompts", True))
         elif hidden is None:
             hidden = backend.token_logprobs(batch, temperature=self.pg.temperature, with_hidden=True)[2]
         return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)

@@ -37,13 +37,15 @@ def check_invariants(trajectories: Sequence[Trajectory], *, vocab_size: int, dec
             raise InvariantError(f"{where}: the stream must start with prompt tokens")
         if not (len(ids) == len(mask) == len(lps) == len(traj.turn_index)):
             raise InvariantError(f"{where}: per-token fields have different lengths")
-        bad = [t for t in ids if not 0 <= t < vocab_size]
-        if bad:
+        if min(ids) < 0 or max(ids) >= vocab_size:  # builtins first: this runs on every token of every batch
+            bad = [t for t in ids if not 0 <= t < vocab_size]
             raise InvariantError(f"{where}: token id {bad[0]} is outside the vocabulary of {vocab_size}")
         for turn_no, turn in enumerate(traj.turns):
             if len(turn.action_token_ids) != len(turn.action_logprobs):
                 raise InvariantError(f"{where} turn {turn_no}: {len(turn.action_token_ids)} sampled ids but {len(turn.action_logprobs)} log-probs")
-            if any(not math.isfinite(lp) or lp > 1e-4 for lp in turn.action_logprobs):
+            lps_turn = turn.action_logprobs
+            # A sum of log-probs (each >= -1e4 or so) is finite exactly when every one is.
+            if lps_turn and (max(lps_turn) > 1e-4 or not math.isfinite(sum(lps_turn))):
                 raise InvariantError(f"{where} turn {turn_no}: a sampling log-prob is not a finite value <= 0")
             if decode is not None and decode(turn.action_token_ids) != turn.action:
                 raise InvariantError(f"{where} turn {turn_no}: the action text is not the decoding of the sampled ids")

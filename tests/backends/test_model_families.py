@@ -118,8 +118,8 @@ def test_family_lora_grpo_step_and_fused_logprobs(architecture):
     options, expected = FAMILIES[architecture]
     backend = _backend(architecture, options)
     lm = modeling.causal_lm(backend.model)
-    attention = lm.config._attn_implementation  # the model's own (sdpa; eager for Gemma 2)
-    assert attention != modeling.PACKED_ATTENTION
+    assert lm.config._attn_implementation == modeling.PACKED_ATTENTION  # switched at load
+    attention = "eager" if architecture == "gemma2" else "sdpa"  # the family's own, for the reference
 
     # The head as the backend sees it: tied weights, bias, logit scale and soft-cap found.
     head = modeling.output_head(backend.model)
@@ -170,7 +170,8 @@ def test_gemma2_attention_softcap_packed_and_cached():
     sequence, and in the non-packed calls (left-padded generation with a KV cache) too."""
     backend = _backend("gemma2", FAMILIES["gemma2"][0])
     lm = modeling.causal_lm(backend.model)
-    assert lm.config._attn_implementation == "eager"
+    assert lm.config._attn_implementation == modeling.PACKED_ATTENTION  # switched at load
+    lm.set_attn_implementation("eager")  # what transformers gives Gemma 2
     eager = _generate(backend)[2]
     assert modeling.use_packed_attention(backend.model) and lm.config._attn_implementation == modeling.PACKED_ATTENTION
     packed = _generate(backend)[2]

@@ -296,3 +296,42 @@ def test_packed_attention_under_autocast_runs_in_float32(monkeypatch):
         mixed, _ = modeling.packed_sdpa_attention(None, q, k, v.bfloat16(), None, cu_seq_lens_q=cu)
     assert seen == [(torch.float32,) * 3 + (False,)] * len(sizes) and mixed.dtype == torch.float32
     torch.testing.assert_close(mixed, exact, atol=2e-2, rtol=2e-2)  # v rounded to bfloat16, nothing else
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "additive", "bool-one-row"])
+def test_a_decode_step_on_the_cpu_equals_sdpa(kv_heads, mask_kind):
+    """One query per row (generation with a KV cache) takes two matmuls and a softmax instead of SDPA."""
+    from agent_lightning.backends.transformers.modeling import _decode_step_attention
+
+    g = torch.Generator().manual_seed(kv_heads)
+    rows, keys = 5, 9
+    query = torch.randn(rows, 4, 1, 8, generator=g)
+    key, value = torch.randn(rows, kv_heads, keys, 8, generator=g), torch.randn(rows, kv_heads, keys, 6, generator=g)
+    allowed = torch.rand(rows, 1, 1, keys, generator=g) > 0.3
+    allowed[..., -1] = True  # the newest key (the token itself) is always there
+    mask = {"none": None, "bool": allowed, "additive": torch.where(allowed, 0.0, -1e9),
+            "bool-one-row": allowed[:1]}[mask_kind]
+    want = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=0.3,
+                                                            enable_gqa=kv_heads != 4).transpose(1, 2)
+    got = _decode_step_attention(query, key, value, mask, 0.3)
+    assert got.shape == (rows, 1, 4, 6)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_generation_takes_the_decode_step_path_once_packed(monkeypatch):
+    from agent_lightning.backends.transformers import modeling
+
+    calls = []
+    real = modeling._decode_step_attention
+    monkeypatch.setattr(modeling, "_decode_step_attention", lambda *a: calls.append(a[0].shape) or real(*a))
+    model = tiny_model("qwen2", seed=4)
+    prompt, mask = torch.tensor([[3, 5, 7, 11], [0, 0, 2, 4]]), torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    kwargs = dict(attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        want = model.generate(prompt, **kwargs)
+        assert not calls
+        modeling.use_packed_attention(model)
+        got = model.generate(prompt, **kwargs)
+    assert torch.equal(got, want)
+    assert len(calls) == 4 * 2  # 4 decode steps after the prompt's, 2 layers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agent_lightning.backends.transformers.backend import MIN_SHARED_PREFIX, shared_prefix_length
+from agent_lightning.backends.transformers.backend import MIN_SHARED_PREFIX, MIN_SHARED_TOKENS, shared_prefix_length
 
 
 def test_shared_prefix_length():
@@ -13,6 +13,10 @@ def test_shared_prefix_length():
     assert shared_prefix_length([base + [1, 2], base + [1, 3], base + [7]]) == len(base)
     assert shared_prefix_length([base, base]) == len(base) - 1  # each row keeps a token of its own
     assert shared_prefix_length([base[:5] + [1], base[:5] + [2]]) == 0  # too short to be worth it
+    rows = -(-MIN_SHARED_TOKENS // 5) + 1  # ...unless the other rows' copies add up to MIN_SHARED_TOKENS
+    many = [base[:5] + [i] for i in range(rows)]
+    assert shared_prefix_length(many) == 5
+    assert shared_prefix_length(many[:-1]) == 0
     assert shared_prefix_length([[1] + base, base]) == 0
 
 

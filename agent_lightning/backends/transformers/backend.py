@@ -75,6 +75,11 @@ class TransformersBackend:
 
             model = attach_lora(model, model_config.lora)
         self.model = model if model_config.quantization else model.to(self.device)
+        from agent_lightning.backends.transformers.modeling import packed_attention_for
+
+        # Now, not at the first training forward: generation then takes one attention path for
+        # the whole run (a resumed run samples what an uninterrupted one does).
+        packed_attention_for(self.model, self.device)
         if model_config.chat_template:
             tokenizer.chat_template = load_chat_template(model_config.chat_template)
         self.tokenizer = tokenizer
@@ -83,6 +88,7 @@ class TransformersBackend:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         self.autocast = backend_config.autocast
+        self.share_prompts = backend_config.share_prompts  # shared_prompts.py: a group's prompt encoded once in training
         if self.autocast is not None and self.is_lora and not model_config.quantization:
             _frozen_linears_to(self.model, getattr(torch, self.autocast))
         from agent_lightning.backends.transformers.modeling import causal_lm
@@ -243,12 +249,12 @@ class TransformersBackend:
         sits at position ``offset`` (after a shared prefix of that length)."""
         import torch
 
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-            mask[i, width - len(row):] = 1
+        lengths = torch.tensor([len(r) for r in rows])
+        width = int(lengths.max())
+        mask = (torch.arange(width)[None, :] >= width - lengths[:, None]).long()
+        # One tensor from all rows' ids (not one per row), scattered into the left-padded layout.
+        flat = torch.tensor([t for row in rows for t in row], dtype=torch.long)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long).masked_scatter_(mask.bool(), flat)
         ids, mask = ids.to(self.device), mask.to(self.device)
         return ids, mask, offset + (mask.cumsum(-1) - 1).clamp(min=0)
 
@@ -337,19 +343,16 @@ class TransformersBackend:
         import torch
 
         from agent_lightning.backends.transformers import modeling
+        from agent_lightning.backends.transformers.shared_prompts import policy_hidden_states
 
         model = self.reference_model() if reference else self.model
         context = torch.no_grad() if reference else contextlib.nullcontext()
         adapter = self.model.disable_adapter() if reference and self.is_lora else contextlib.nullcontext()
         with context, adapter, self._compute():
-            hidden = modeling.final_hidden_states(
-                model, batch.input_ids.to(self.device), batch.position_ids.to(self.device),
-                batch.cu_seqlens.to(self.device),
-            )
-            index = batch.policy_index.to(self.device)
-            targets = batch.input_ids.to(self.device)[index]
+            hidden = policy_hidden_states(model, batch, self.device, share=self.share_prompts)
+            targets = batch.input_ids.to(self.device)[batch.policy_index.to(self.device)]
             # weight, bias, logit scale, soft-cap of the family
-            yield hidden[index - 1], modeling.output_head(model), targets
+            yield hidden, modeling.output_head(model), targets
 
     @contextlib.contextmanager
     def _sampling_head(self, model: Any) -> Any:
@@ -586,17 +589,22 @@ def require_finite(tensors: dict[str, Any], source: Path) -> dict[str, Any]:
 
 
 MIN_SHARED_PREFIX = 16
+MIN_SHARED_TOKENS = 512
+"""A shorter shared prefix is still encoded once when that saves this many prompt tokens
+(``(rows - 1) * length``): for 128 rows of one 11-token prompt (the quickstart's tiny model,
+2 CPU threads) the 128 copies' prefill was about a fifth of ``generate`` (torch.profiler)."""
 
 
 def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     """Length of the token prefix all prompts share, when worth encoding once (at least
-    ``MIN_SHARED_PREFIX`` tokens; else 0). Every prompt keeps at least one token of its own,
-    so each row has a last position to sample from."""
+    ``MIN_SHARED_PREFIX`` tokens, or ``MIN_SHARED_TOKENS`` saved over the rows; else 0). Every
+    prompt keeps at least one token of its own, so each row has a last position to sample from."""
     first, shortest = prompts[0], min(len(p) for p in prompts)
     length = 0
     while length < shortest - 1 and all(p[length] == first[length] for p in prompts):
         length += 1
-    return length if length >= MIN_SHARED_PREFIX else 0
+    worth = length >= MIN_SHARED_PREFIX or (length > 0 and length * (len(prompts) - 1) >= MIN_SHARED_TOKENS)
+    return length if worth else 0
 
 
 def _dedupe_shared(tensors: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,8 @@ import functools
 import threading
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from agent_lightning.backends.transformers.softcap_attention import softcap_attention
+
 if TYPE_CHECKING:
     import torch
 
@@ -160,6 +162,7 @@ def packed_sdpa_attention(
     sliding_window: int | None = None,
     cu_seq_lens_q: "torch.Tensor | None" = None,
     position_ids: "torch.Tensor | None" = None,
+    segment_parents: "tuple[int, ...] | None" = None,
     **kwargs: Any,
 ) -> tuple["torch.Tensor", None]:
     """The ``"al_packed"`` attention: causal attention restricted to each sequence of a packed row.
@@ -179,6 +182,9 @@ def packed_sdpa_attention(
         softcap (keyword): Attention logit soft-cap ``c`` (scores become ``c * tanh(s / c)``), when set.
         cu_seq_lens_q: ``[B+1]`` integer offsets of the sequences in the packed row.
         position_ids: ``[1, q_len]`` positions (restart at 0 per sequence).
+        segment_parents: Per sequence of the packed row, the earlier one whose tokens it also
+            attends to (a shared prompt), or ``-1``
+            (:mod:`agent_lightning.backends.transformers.segment_attention`); ``None``: none do.
 
     Returns:
         ``(attn_output [batch, q_len, H, D], None)``.
@@ -189,14 +195,17 @@ def packed_sdpa_attention(
     softcap = kwargs.pop("softcap", None)
     packed_row = attention_mask is None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
     if not packed_row:
-        if cu_seq_lens_q is not None:
+        if cu_seq_lens_q is not None or segment_parents is not None:
             raise ValueError(
-                "packed attention got cu_seq_lens_q together with an attention mask, a batch of "
-                f"{query.shape[0]} rows or a KV-cache prefix; a packed batch is one row without mask or cache"
+                "packed attention got cu_seq_lens_q (or segment_parents) together with an attention mask, a "
+                f"batch of {query.shape[0]} rows or a KV-cache prefix; a packed batch is one row without mask or cache"
             )
         if softcap is not None:
-            return _softcap_attention(module, query, key, value, _allowed(module, query, key, attention_mask),
-                                      scaling, dropout, softcap), None
+            return softcap_attention(module, query, key, value, _allowed(module, query, key, attention_mask),
+                                     scaling, dropout, softcap), None
+        if (query.shape[2] == 1 and query.device.type == "cpu" and not (dropout and module.training)
+                and kwargs.get("position_bias") is None and kwargs.get("s_aux") is None):
+            return _decode_step_attention(query, key, value, attention_mask, scaling), None
         from transformers import AttentionInterface
 
         sdpa = AttentionInterface()["sdpa"]
@@ -210,9 +219,15 @@ def packed_sdpa_attention(
         # threads): the attention of a packed row runs in float32, returned in the query's dtype.
         with torch.autocast("cpu", enabled=False):
             out, _ = packed_sdpa_attention(module, query.float(), key.float(), value.float(), None, scaling, dropout,
-                                           sliding_window, cu_seq_lens_q, position_ids, softcap=softcap, **kwargs)
+                                           sliding_window, cu_seq_lens_q, position_ids, segment_parents,
+                                           softcap=softcap, **kwargs)
         return out.to(query.dtype), None
     sizes = _segment_sizes(query, cu_seq_lens_q, position_ids)
+    if segment_parents is not None:
+        from agent_lightning.backends.transformers.segment_attention import segment_sdpa
+
+        return segment_sdpa(module, query, key, value, sizes, segment_parents, scaling, dropout, sliding_window,
+                            softcap), None
     gqa = key.shape[1] != query.shape[1]
     if (softcap is None and (sliding_window is None or max(sizes) <= sliding_window)
             and len(sizes) >= BUCKETED_MIN_SEQUENCES):
@@ -230,13 +245,36 @@ def packed_sdpa_attention(
             diff = idx[:, None] - idx[None, :]
             mask = (diff >= 0) & (diff < (sliding_window or length))
         if softcap is not None:
-            outputs.append(_softcap_attention(module, q, k, v, mask, scaling, dropout, softcap))
+            outputs.append(softcap_attention(module, q, k, v, mask, scaling, dropout, softcap))
             continue
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None, scale=scaling, enable_gqa=gqa
         )
         outputs.append(out.transpose(1, 2))  # [1, L, H, D]
     return torch.cat(outputs, dim=1), None
+
+
+def _decode_step_attention(query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor",
+                           attention_mask: "torch.Tensor | None", scaling: float | None) -> "torch.Tensor":
+    """One query per row (a decoded token) on the CPU, as two batched matmuls and a softmax.
+
+    CPU SDPA spends ~0.2 ms per call on a ``[128, 4, 1, 16]`` query over 16 keys (its
+    per-(row, head) scheduling; the FLOPs are 0.3 M), several times these three ops.
+    ``query [b, H, 1, D]``, ``key [b, Hkv, k, D]``, ``value [b, Hkv, k, Dv]``, ``attention_mask``
+    bool (True: attend) or additive, broadcastable to ``[b, 1, 1, k]``, or ``None``
+    -> ``[b, 1, H, Dv]``; the softmax in float32.
+    """
+    import torch
+
+    b, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(b, kv_heads, heads // kv_heads, dim)  # grouped-query heads share their key head
+    scores = torch.matmul(q, key.transpose(2, 3)).float() * (scaling if scaling is not None else dim ** -0.5)
+    if attention_mask is not None:
+        mask = attention_mask.reshape(attention_mask.shape[0], 1, 1, -1)  # [b or 1, 1, 1, k]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores, dim=-1).to(value.dtype)
+    return torch.matmul(probs, value).reshape(b, heads, 1, value.shape[3]).transpose(1, 2)
 
 
 PADDING_BUDGET = 0.25
@@ -316,7 +354,7 @@ def _bucketed_causal_sdpa(query: "torch.Tensor", key: "torch.Tensor", value: "to
 
 def _allowed(module: Any, query: "torch.Tensor", key: "torch.Tensor",
              attention_mask: "torch.Tensor | None") -> "torch.Tensor | None":
-    """The SDPA-style mask as booleans (True: attend) for :func:`_softcap_attention`.
+    """The SDPA-style mask as booleans (True: attend) for :func:`softcap_attention`.
 
     ``None`` means what it means to SDPA in transformers: causal when the query has more than
     one token (aligned to the end of the keys, i.e. after a cache prefix), else everything.
@@ -331,41 +369,6 @@ def _allowed(module: Any, query: "torch.Tensor", key: "torch.Tensor",
         return None
     idx_q = torch.arange(q_len, device=query.device)[:, None] + (kv_len - q_len)
     return idx_q >= torch.arange(kv_len, device=query.device)[None, :]
-
-
-def _softcap_attention(module: Any, query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor",
-                       allowed: "torch.Tensor | None", scaling: float | None, dropout: float,
-                       softcap: float) -> "torch.Tensor":
-    """Eager attention with logit soft-capping (what SDPA cannot do).
-
-    Args:
-        query: ``[b, H, q, D]``; key, value: ``[b, Hkv, k, D]`` (``H`` a multiple of ``Hkv``).
-        allowed: Bool mask broadcastable to ``[b, H, q, k]`` (True: attend), an additive float
-            mask, or ``None`` (no masking).
-        softcap: Scores become ``softcap * tanh(scores / softcap)`` before masking.
-
-    Returns:
-        ``[b, q, H, D]``. Softmax in float32; masked scores get the dtype's minimum (as
-        transformers' eager masks do), so a fully masked row is uniform rather than NaN.
-    """
-    import torch
-
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
-    scores = torch.tanh(scores / softcap) * softcap
-    if allowed is not None:
-        if allowed.dtype == torch.bool:
-            scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + allowed
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    if dropout and module.training:
-        probs = torch.nn.functional.dropout(probs, p=dropout)
-    return torch.matmul(probs, value).transpose(1, 2)
 
 
 def packed_attention_mask(batch_size: int, q_length: int, kv_length: int, *args: Any,
@@ -428,6 +431,22 @@ def _uses_flash_varlen(lm: Any, device: "torch.device") -> bool:
     return device.type == "cuda" and impl.startswith("flash_attention")
 
 
+def packed_attention_for(model: Any, device: "torch.device | str") -> bool:
+    """Switch ``model`` to ``"al_packed"`` unless it runs flash-attn varlen on ``device`` (which
+    :func:`final_hidden_states` uses instead). The backend calls this at load time, so that
+    generation takes the same attention path before and after the first training forward (a
+    resumed run samples what an uninterrupted one does). Returns whether it now runs ``"al_packed"``."""
+    import torch
+
+    return not _uses_flash_varlen(causal_lm(model), torch.device(device)) and use_packed_attention(model)
+
+
+def supports_segment_parents(model: Any, device: "torch.device | str") -> bool:
+    """Whether :func:`final_hidden_states` can take ``segment_parents`` for ``model`` on ``device``:
+    its attention runs as ``"al_packed"`` (switched here if it is not yet), not flash-attn varlen."""
+    return packed_attention_for(model, device)
+
+
 def _can_switch_attention(lm: Any) -> bool:
     """Whether ``lm``'s attention can be switched after loading (models written against
     ``AttentionInterface`` can).
@@ -483,6 +502,7 @@ def final_hidden_states(
     input_ids: "torch.Tensor",
     position_ids: "torch.Tensor",
     cu_seqlens: "torch.Tensor",
+    segment_parents: "tuple[int, ...] | None" = None,
 ) -> "torch.Tensor":
     """Final hidden states (after the last norm) of a packed batch of independent sequences.
 
@@ -491,12 +511,22 @@ def final_hidden_states(
         input_ids: ``int64 [total]`` the sequences back to back.
         position_ids: ``int64 [total]`` restarting at 0 at every sequence start.
         cu_seqlens: ``int32 [B+1]`` offsets; sequence ``b`` is ``[cu_seqlens[b], cu_seqlens[b+1])``.
+        segment_parents: ``B`` ints or ``None``: sequence ``b`` continues sequence
+            ``segment_parents[b]`` (an earlier one, ``-1``: none), attending to its tokens in
+            full; its ``position_ids`` continue from there. Needs :func:`supports_segment_parents`.
 
     Returns:
         ``[total, H]`` in the model's dtype; row ``t`` is the hidden state that predicts token
         ``t + 1`` of the same sequence. Differentiable w.r.t. the model's trainable parameters.
     """
     _check_packed_inputs(input_ids, position_ids, cu_seqlens)
+    if segment_parents is not None:
+        if len(segment_parents) != cu_seqlens.numel() - 1:
+            raise ValueError(f"segment_parents has {len(segment_parents)} entries for "
+                             f"{cu_seqlens.numel() - 1} sequences")
+        if not supports_segment_parents(model, input_ids.device):
+            raise ValueError(f"final_hidden_states: segment_parents needs the packed attention, which "
+                             f"{type(causal_lm(model)).__name__} on {input_ids.device} does not run")
     lm = causal_lm(model)
     dec = decoder(model)
     row_ids = input_ids.unsqueeze(0)
@@ -518,5 +548,7 @@ def final_hidden_states(
         return out.last_hidden_state[0]
     if not use_packed_attention(model):
         return padded_hidden_states(model, input_ids, cu_seqlens)
-    out = dec(input_ids=row_ids, position_ids=row_pos, use_cache=False, cu_seq_lens_q=cu_seqlens, max_length_q=max_len)
+    extra = {} if segment_parents is None else {"segment_parents": tuple(segment_parents)}
+    out = dec(input_ids=row_ids, position_ids=row_pos, use_cache=False, cu_seq_lens_q=cu_seqlens, max_length_q=max_len,
+              **extra)
     return out.last_hidden_state[0]

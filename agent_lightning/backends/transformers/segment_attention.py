@@ -1,0 +1,163 @@
+"""Attention over a packed row of segments where a segment may extend another (a shared prompt).
+
+Segment ``s`` (``sizes[s]`` tokens of the packed row) attends to the tokens of its ancestors
+(``parents[s]``, that one's parent, ... root first) in full and causally to its own: the
+attention of the sequence ``ancestors + own`` restricted to the own tokens' queries. Used by
+:func:`agent_lightning.backends.transformers.modeling.packed_sdpa_attention` when the forward
+got ``segment_parents`` (:mod:`agent_lightning.backends.transformers.shared_prompts`).
+
+Segments are grouped into buckets of similar (query, key) lengths; a bucket is one SDPA call
+on its segments laid out ``[n, heads, max q, D]`` (queries) and ``[n, heads, max k, D]``
+(ancestor keys then own keys) with a boolean mask. Layout and masks are built once per batch
+(cached) and reused by every layer and by the backward pass's recomputation.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import torch
+
+PADDING_BUDGET = 0.25
+"""Padded attention work a bucket may add, as a fraction of its segments' own ``sum(q_i * k_i)``."""
+
+
+class Bucket(NamedTuple):
+    """One SDPA call: ``n`` segments, queries padded to ``q_len``, keys to ``k_len``."""
+
+    query_rows: "torch.Tensor"
+    """int64 ``[n * q_len]`` packed-row position of each padded query (padding: position 0)."""
+    key_rows: "torch.Tensor"
+    """int64 ``[n * k_len]`` packed-row position of each padded key (padding: position 0)."""
+    real: "torch.Tensor"
+    """int64 ``[M]`` which of the ``n * q_len`` padded queries are real..."""
+    targets: "torch.Tensor"
+    """int64 ``[M]`` ...and their packed-row positions."""
+    mask: "torch.Tensor"
+    """bool ``[n, 1, q_len, k_len]``: True where a query may attend."""
+    n: int
+    q_len: int
+    k_len: int
+
+
+def _ancestry(parents: tuple[int, ...]) -> list[list[int]]:
+    """Per segment, its ancestors root first; raises on a parent that is not an earlier segment."""
+    chains: list[list[int]] = []
+    for s, p in enumerate(parents):
+        if p >= s or p < -1:
+            raise ValueError(f"segment_parents[{s}] = {p}: a parent must be an earlier segment (or -1)")
+        chains.append([] if p < 0 else [*chains[p], p])
+    return chains
+
+
+def buckets_by_work(shapes: list[tuple[int, int]], budget: float = PADDING_BUDGET) -> list[list[int]]:
+    """Segment indices grouped for batched attention: sorted by key length, a bucket grows while
+    ``n * max(q) * max(k)`` stays within ``(1 + budget) * sum(q_i * k_i)`` (empty segments are
+    left out). ``shapes``: ``(query length, key length)`` per segment."""
+    order = sorted((i for i, (q, _) in enumerate(shapes) if q), key=lambda i: (shapes[i][1], shapes[i][0]))
+    buckets: list[list[int]] = []
+    work = max_q = 0
+    for i in order:
+        q, k = shapes[i]
+        if buckets:
+            wider = max(max_q, q)
+            if (len(buckets[-1]) + 1) * wider * k <= (1 + budget) * (work + q * k):
+                buckets[-1].append(i)
+                work, max_q = work + q * k, wider
+                continue
+        buckets.append([i])
+        work, max_q = q * k, q
+    return buckets
+
+
+def concat_ranges(starts: list[int], lengths: list[int]) -> "torch.Tensor":
+    """int64 ``[sum(lengths)]``: ``range(starts[0], starts[0] + lengths[0])``, then the next range..."""
+    import torch
+
+    lens = torch.tensor(lengths, dtype=torch.long)
+    total = int(lens.sum())
+    begin = torch.repeat_interleave(torch.tensor(starts, dtype=torch.long) - (lens.cumsum(0) - lens), lens)
+    return begin + torch.arange(total)
+
+
+@functools.lru_cache(maxsize=16)
+def segment_layout(sizes: tuple[int, ...], parents: tuple[int, ...], window: int | None,
+                   device: str) -> list[Bucket]:
+    """The buckets of a packed row of segments (see the module docstring).
+
+    Args:
+        sizes: Tokens per segment, in row order.
+        parents: Per segment, the segment it extends, or ``-1``.
+        window: Sliding window (a query sees keys fewer than ``window`` positions back), or ``None``.
+        device: Where the index tensors and masks live.
+    """
+    import torch
+
+    if len(parents) != len(sizes):
+        raise ValueError(f"segment_parents has {len(parents)} entries for {len(sizes)} segments")
+    chains = _ancestry(parents)
+    starts = [0]
+    for n in sizes[:-1]:
+        starts.append(starts[-1] + n)
+    prior = [sum(sizes[a] for a in chain) for chain in chains]  # ancestor tokens per segment
+    layout = []
+    for members in buckets_by_work([(sizes[s], prior[s] + sizes[s]) for s in range(len(sizes))]):
+        n = len(members)
+        q_sizes = torch.tensor([sizes[s] for s in members])
+        k_sizes = torch.tensor([prior[s] + sizes[s] for s in members])
+        q_len, k_len = int(q_sizes.max()), int(k_sizes.max())
+        # Keys of a member: its ancestors' ranges, root first, then its own.
+        ranges = [(starts[a], sizes[a]) for s in members for a in (*chains[s], s)]
+        key_pos = concat_ranges([r[0] for r in ranges], [r[1] for r in ranges])
+        query_pos = concat_ranges([starts[s] for s in members], q_sizes.tolist())
+        q_valid = torch.arange(q_len)[None, :] < q_sizes[:, None]  # [n, q_len]
+        k_valid = torch.arange(k_len)[None, :] < k_sizes[:, None]
+        query_rows = torch.zeros(n, q_len, dtype=torch.long).masked_scatter_(q_valid, query_pos)
+        key_rows = torch.zeros(n, k_len, dtype=torch.long).masked_scatter_(k_valid, key_pos)
+        q_abs = torch.tensor([prior[s] for s in members])[:, None] + torch.arange(q_len)  # positions in the full sequence
+        k_abs = torch.arange(k_len)[None, None, :]
+        allowed = k_abs <= q_abs[:, :, None]  # [n, q_len, k_len]; a real query's keys are all real
+        if window is not None:
+            allowed &= q_abs[:, :, None] - k_abs < window
+        allowed = torch.where(q_valid[:, :, None], allowed, k_abs == 0)  # padded queries: one key, no all -inf row
+        layout.append(Bucket(query_rows.flatten().to(device), key_rows.flatten().to(device),
+                             torch.nonzero(q_valid.flatten()).flatten().to(device), query_pos.to(device),
+                             allowed.unsqueeze(1).to(device), n, q_len, k_len))
+    return layout
+
+
+def segment_sdpa(module: Any, query: "torch.Tensor", key: "torch.Tensor", value: "torch.Tensor",
+                 sizes: list[int], parents: tuple[int, ...], scaling: float | None, dropout: float,
+                 sliding_window: int | None, softcap: float | None) -> "torch.Tensor":
+    """Attention of a packed row of segments with parents.
+
+    Args:
+        query: ``[1, H, T, D]``; key: ``[1, Hkv, T, D]``; value: ``[1, Hkv, T, Dv]``.
+        sizes: Tokens per segment (sum ``T``); parents: see :func:`segment_layout`.
+        softcap: Attention logit soft-cap (eager attention), or ``None`` (SDPA).
+
+    Returns:
+        ``[1, T, H, Dv]``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from agent_lightning.backends.transformers.softcap_attention import softcap_attention
+
+    gqa = key.shape[1] != query.shape[1]
+    q_all, k_all, v_all = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, D]
+    out = query.new_empty(query.shape[2], query.shape[1], value.shape[3])
+    for b in segment_layout(tuple(sizes), tuple(parents), sliding_window, str(query.device)):
+        q = q_all.index_select(0, b.query_rows).view(b.n, b.q_len, *q_all.shape[1:]).transpose(1, 2)
+        k = k_all.index_select(0, b.key_rows).view(b.n, b.k_len, *k_all.shape[1:]).transpose(1, 2)
+        v = v_all.index_select(0, b.key_rows).view(b.n, b.k_len, *v_all.shape[1:]).transpose(1, 2)
+        if softcap is not None:
+            o = softcap_attention(module, q, k, v, b.mask, scaling, dropout, softcap)  # [n, q, H, Dv]
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, dropout_p=dropout, scale=scaling,
+                                               enable_gqa=gqa).transpose(1, 2)
+        o = o.reshape(b.n * b.q_len, o.shape[2], o.shape[3]).index_select(0, b.real)
+        out = out.index_copy(0, b.targets, o)
+    return out.unsqueeze(0)
