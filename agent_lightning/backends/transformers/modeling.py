@@ -435,16 +435,11 @@ def packed_attention_for(model: Any, device: "torch.device | str") -> bool:
     """Switch ``model`` to ``"al_packed"`` unless it runs flash-attn varlen on ``device`` (which
     :func:`final_hidden_states` uses instead). The backend calls this at load time, so that
     generation takes the same attention path before and after the first training forward (a
-    resumed run samples what an uninterrupted one does). Returns whether it now runs ``"al_packed"``."""
+    resumed run samples what an uninterrupted one does). Returns whether it now runs ``"al_packed"``,
+    which is also what ``final_hidden_states(segment_parents=...)`` needs."""
     import torch
 
     return not _uses_flash_varlen(causal_lm(model), torch.device(device)) and use_packed_attention(model)
-
-
-def supports_segment_parents(model: Any, device: "torch.device | str") -> bool:
-    """Whether :func:`final_hidden_states` can take ``segment_parents`` for ``model`` on ``device``:
-    its attention runs as ``"al_packed"`` (switched here if it is not yet), not flash-attn varlen."""
-    return packed_attention_for(model, device)
 
 
 def _can_switch_attention(lm: Any) -> bool:
@@ -513,7 +508,7 @@ def final_hidden_states(
         cu_seqlens: ``int32 [B+1]`` offsets; sequence ``b`` is ``[cu_seqlens[b], cu_seqlens[b+1])``.
         segment_parents: ``B`` ints or ``None``: sequence ``b`` continues sequence
             ``segment_parents[b]`` (an earlier one, ``-1``: none), attending to its tokens in
-            full; its ``position_ids`` continue from there. Needs :func:`supports_segment_parents`.
+            full; its ``position_ids`` continue from there. Needs :func:`packed_attention_for`.
 
     Returns:
         ``[total, H]`` in the model's dtype; row ``t`` is the hidden state that predicts token
@@ -524,7 +519,7 @@ def final_hidden_states(
         if len(segment_parents) != cu_seqlens.numel() - 1:
             raise ValueError(f"segment_parents has {len(segment_parents)} entries for "
                              f"{cu_seqlens.numel() - 1} sequences")
-        if not supports_segment_parents(model, input_ids.device):
+        if not packed_attention_for(model, input_ids.device):
             raise ValueError(f"final_hidden_states: segment_parents needs the packed attention, which "
                              f"{type(causal_lm(model)).__name__} on {input_ids.device} does not run")
     lm = causal_lm(model)

@@ -76,10 +76,10 @@ def concat_ranges(starts: list[int], lengths: list[int]) -> "torch.Tensor":
     """int64 ``[sum(lengths)]``: ``range(starts[0], starts[0] + lengths[0])``, then the next range..."""
     import torch
 
-    lens = torch.tensor(lengths, dtype=torch.long)
-    total = int(lens.sum())
-    begin = torch.repeat_interleave(torch.tensor(starts, dtype=torch.long) - (lens.cumsum(0) - lens), lens)
-    return begin + torch.arange(total)
+    from agent_lightning.ops import pack_lengths
+
+    layout = pack_lengths(lengths)  # position_ids: the offset of each element inside its range
+    return torch.tensor(starts, dtype=torch.long)[layout.seq_ids.long()] + layout.position_ids
 
 
 @functools.lru_cache(maxsize=16)

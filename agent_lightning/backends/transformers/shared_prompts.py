@@ -82,8 +82,6 @@ def share_prefixes(input_ids: "torch.Tensor", cu_seqlens: "torch.Tensor", prompt
     Returns:
         The shared layout (on ``input_ids``' device), or ``None`` when nothing worth sharing.
     """
-    import torch
-
     cu = cu_seqlens.tolist()
     if len(prompts) != len(cu) - 1:
         raise ValueError(f"share_prefixes: {len(prompts)} prompt lengths for {len(cu) - 1} sequences")
@@ -99,6 +97,7 @@ def share_prefixes(input_ids: "torch.Tensor", cu_seqlens: "torch.Tensor", prompt
         return None
 
     from agent_lightning.backends.transformers.segment_attention import concat_ranges
+    from agent_lightning.ops import pack_lengths
 
     # Segments in stream order: a group's prompt just before its first member's remainder.
     seg_starts: list[int] = []  # where each segment's tokens are in the original stream
@@ -125,14 +124,12 @@ def share_prefixes(input_ids: "torch.Tensor", cu_seqlens: "torch.Tensor", prompt
             root_of[leader] = segment(cu[b], prompts[b], -1)
         index_segments += [root_of[leader], segment(cu[b] + prompts[b], length - prompts[b], root_of[leader])]
         index_lengths += [prompts[b], length - prompts[b]]
-    seg_offsets = [0]
-    for n in sizes[:-1]:
-        seg_offsets.append(seg_offsets[-1] + n)
     device = input_ids.device
+    bounds = pack_lengths(sizes).cu_seqlens  # int32 [S+1]
+    offsets = bounds.tolist()
     source = concat_ranges(seg_starts, sizes).to(device)  # original position of each shared-stream token
-    index = concat_ranges([seg_offsets[g] for g in index_segments], index_lengths).to(device)
-    positions = concat_ranges([0] * (len(cu) - 1), [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]).to(device)
-    bounds = torch.tensor([0, *sizes], dtype=torch.int64).cumsum(0).to(torch.int32)
+    index = concat_ranges([offsets[g] for g in index_segments], index_lengths).to(device)
+    positions = pack_lengths([cu[b + 1] - cu[b] for b in range(len(cu) - 1)]).position_ids.to(device)
     return SharedPrefixes(input_ids[source], positions[source], bounds.to(device), tuple(parents), index)
 
 
@@ -151,7 +148,7 @@ def policy_hidden_states(model: Any, batch: Any, device: Any, *, share: bool = T
 
     predictors = batch.policy_index.to(device) - 1
     layout = None
-    if share and modeling.supports_segment_parents(model, device):
+    if share and modeling.packed_attention_for(model, device):
         layout = share_prefixes(batch.input_ids, batch.cu_seqlens,
                                 prompt_lengths(batch.cu_seqlens, batch.policy_index, batch.policy_cu_seqlens))
     if layout is None:
