@@ -32,11 +32,14 @@ identity of a 1-process run.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence, TypeVar
 
 from agent_lightning.types import Backend
+
+log = logging.getLogger("agent_lightning")
 
 T = TypeVar("T")
 
@@ -123,13 +126,31 @@ def init(config: Any = None, *, device: str = "auto") -> Context:
     return _context
 
 
+SHUTDOWN_BARRIER_S = 60.0
+"""How long a rank waits at shutdown for the others before leaving anyway."""
+
+
 def shutdown() -> None:
-    """Leave the process group (``destroy_process_group``); safe to call twice."""
+    """Leave the process group (``destroy_process_group``); safe to call twice.
+
+    The ranks meet first: a rank that destroyed its gloo context while a peer still had pairs
+    open on it made that peer abort (``terminate called without an active exception``, seen in
+    2-process runs whose rank 0 did end-of-run work after rank 1 was done). gloo's
+    ``monitored_barrier`` has a timeout, so a rank whose peer died still gets out."""
     global _context
     if _context.active:
+        import datetime
+
         import torch.distributed as dist
 
         if dist.is_initialized():
+            try:
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=SHUTDOWN_BARRIER_S))
+                else:
+                    dist.barrier()
+            except RuntimeError as exc:  # a peer is gone: leave anyway
+                log.warning("distributed shutdown: the other ranks did not all arrive (%s)", str(exc).splitlines()[0])
             dist.destroy_process_group()
     _context = Context()
 
