@@ -82,11 +82,13 @@ class BackendConfig(_Strict):
     name: str = "transformers"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch intra-op CPU threads; null: torch's default")
-    autocast: Literal["bfloat16"] | None = Field(None, description=(
+    autocast: Literal["bfloat16", "auto"] | None = Field(None, description=(
         "sample and train under torch.autocast in this dtype: matmuls in bfloat16, weights and optimizer "
         "state stay float32, the lm-head log-probs that training uses stay float32. Needs bfloat16 matmuls "
-        "(CPUs with AVX-512 BF16 / AMX, GPUs from Ampere); the sampler/trainer log-prob gap it adds is "
-        "reported as train/sampler_logprob_diff; the clipped ratio against the sampler's log-probs corrects for it"))
+        "(CPUs with AVX-512 BF16 / AMX, GPUs from Ampere): elsewhere bfloat16 is emulated and slower than "
+        "float32. auto: bfloat16 where the device has them, float32 elsewhere (precision.py). The "
+        "sampler/trainer log-prob gap it adds is reported as train/sampler_logprob_diff; the clipped ratio "
+        "against the sampler's log-probs corrects for it"))
     merged_sampling: bool = Field(False, description=(
         "LoRA: sample from a copy of the model with the active adapter folded into its weights, re-merged "
         "when the adapter changes: no adapter matmuls per decoded token (SmolLM2-135M, 2 CPU cores, 16 rows "

@@ -92,7 +92,9 @@ def _train(config: "RunConfig", run_dir: Path, *, resume: bool, signals: "StopSi
     info = trainer.describe()
     say(f"policy: {info.get('model/parameters', '?'):,} parameters ({info.get('model/trainable_parameters', '?'):,} trainable) "
           f"on {info.get('model/device', '?')}"
-          + (f" ({info['model/autocast']} autocast)" if info.get("model/autocast", "off") != "off" else "")
+          + (f" ({info['model/autocast']} autocast)" if info.get("model/autocast", "off") != "off" else
+             " (autocast auto: float32, this device has no native bfloat16 matmuls)"
+             if config.backend.autocast == "auto" else "")
           + f"; training log-probs: {info['ops/token_logprobs']} "
           "(from hidden states, never [tokens x vocab] logits)", flush=True)
     result = trainer.run(resume=resume, signals=signals)

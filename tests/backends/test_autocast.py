@@ -115,3 +115,31 @@ def test_lora_sampling_under_autocast_casts_the_frozen_head_once_and_samples_the
     sample()
     assert backend._sampling_head_weight[2] is not copy
     torch.testing.assert_close(backend._sampling_head_weight[2].float(), original.detach().to(torch.bfloat16).float())
+
+
+AVX2_EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw avx512_bf16 amx_tile amx_bf16\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_auto_resolves_to_bfloat16_only_where_the_cpu_multiplies_it_natively():
+    from agent_lightning.backends.transformers.precision import cpu_flags, resolve_autocast
+
+    cpu = torch.device("cpu")
+    assert resolve_autocast("auto", cpu, AVX2_EPYC) is None  # emulated bfloat16: slower than float32
+    assert resolve_autocast("auto", cpu, SAPPHIRE_RAPIDS) == "bfloat16"
+    assert resolve_autocast("auto", cpu, ARM) == "bfloat16"
+    assert resolve_autocast("auto", cpu, "") is None  # unreadable: float32
+    assert resolve_autocast("bfloat16", cpu, AVX2_EPYC) == "bfloat16"  # set explicitly: kept
+    assert resolve_autocast(None, cpu, SAPPHIRE_RAPIDS) is None
+    assert "avx512_bf16" not in cpu_flags("flags\t: avx512_bf16x\n")  # whole flags, not substrings
+
+
+def test_auto_on_the_backend_follows_this_machine(tmp_path, tiny_config_dict):
+    from agent_lightning.backends.transformers.precision import native_bfloat16
+
+    data = tiny_config_dict()
+    data["backend"]["autocast"] = "auto"
+    trainer = Trainer(validate(data), tmp_path / "run")
+    expected = "bfloat16" if native_bfloat16(torch.device("cpu")) else "off"
+    assert trainer.backend.describe()["model/autocast"] == expected

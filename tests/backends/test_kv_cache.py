@@ -37,6 +37,8 @@ def _calls(backend, *, share_prefix: bool):
                                       (_prompts(backend), 0.0, 6),  # same batch, shorter: reused
                                       (_prompts(backend, long_q), 1.0, 12),  # longer: grown
                                       (_prompts(backend, QUESTIONS[:2], system=False), 1.0, 9),  # another batch size
+                                      # one row, no padding: transformers leaves the prefill's causal mask out
+                                      (_prompts(backend, long_q[:1]), 1.0, 8),
                                       (_prompts(backend), 1.0, 10)]:
         keys = NoiseKeys(tuple(range(7 * len(out), 7 * len(out) + len(prompts))))
         out.append(backend.generate(prompts, temperature=temperature, max_new_tokens=new, generator=keys))

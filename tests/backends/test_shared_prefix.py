@@ -45,3 +45,63 @@ def test_generation_with_and_without_the_shared_prefix_agree(architecture):
         for a, b in zip(whole, shared):
             assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
             assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+
+
+def test_distinct_rows():
+    from agent_lightning.backends.transformers.backend import distinct_rows
+
+    a, b, c = [1] * 300, [2] * 300, [3] * 300
+    assert distinct_rows([a, b, a, c, b, a], 300) == ([0, 1, 3], [0, 1, 0, 2, 1, 0])
+    assert distinct_rows([a, b, c], 300) is None  # every row differs
+    width = MIN_SHARED_TOKENS // 2
+    assert distinct_rows([a, a, a], width) == ([0], [0, 0, 0])  # 2 copies x width = MIN_SHARED_TOKENS
+    assert distinct_rows([a, a, a], width - 1) is None  # saves too little
+    assert distinct_rows([a, a + [4]], 1000) is None  # the same start is not the same prompt
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma2", "qwen3"])
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_identical_prompts_are_encoded_once_and_sample_what_whole_prompts_sample(architecture, kv_cache):
+    """Rows whose prompts repeat (a group that took the same actions) are prefilled once per
+    distinct prompt, with and without a shared prefix, dynamic or static cache: the same tokens
+    and log-probs (1e-4) as encoding every row, each row with its own noise."""
+    from agent_lightning.backends.transformers.backend import TransformersBackend, distinct_rows
+    from agent_lightning.config import BackendConfig, ModelConfig
+    from agent_lightning.types import NoiseKeys
+
+    backend = TransformersBackend(
+        ModelConfig(preset="tiny", preset_options={"architecture": architecture, "hidden_size": 32,
+                                                   "num_layers": 2, "num_heads": 2}),
+        BackendConfig(device="cpu", kv_cache=kv_cache), seed=0)
+    # The tiny tokenizer knows a few words and the numbers: a long "observation" made of them.
+    listing = " ".join(f"the number {i} is higher than {(7 * i) % 30} ," for i in range(30))
+    system = [{"role": "system", "content": "reply with one number only . " * 8}]
+    turns = [[{"role": "user", "content": f"guess my number {g}"}, {"role": "assistant", "content": "answer 3"},
+              {"role": "user", "content": f"{listing} {g}"}] for g in (1, 2, 3)]
+    for with_system in (True, False):
+        messages = [(system if with_system else []) + turns[i] for i in (0, 1, 0, 0, 2, 1, 0)]
+        prompts = [backend.encode_prompt(m) for m in messages]
+        suffix = shared_prefix_length(prompts)
+        assert distinct_rows([p[suffix:] for p in prompts], max(len(p) for p in prompts) - suffix) is not None
+        batches: list[int] = []
+        hook = backend.model.register_forward_pre_hook(
+            lambda _m, args, kwargs: batches.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        results = {}
+        try:
+            for share in (False, True):
+                backend.share_prefix = share
+                for temperature in (0.0, 1.0):
+                    batches.clear()
+                    results[share, temperature] = backend.generate(
+                        prompts, temperature=temperature, max_new_tokens=8,
+                        generator=NoiseKeys(tuple(range(len(prompts)))))
+                    assert (3 in batches) == share  # the prefill saw the 3 distinct prompts only
+        finally:
+            hook.remove()
+        for temperature in (0.0, 1.0):
+            for a, b in zip(results[False, temperature], results[True, temperature], strict=True):
+                assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+                assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+        # the rows of one prompt drew their own noise: sampled replies differ somewhere
+        sampled = results[True, 1.0]
+        assert len({sampled[i].token_ids for i in (0, 2, 3, 6)}) > 1

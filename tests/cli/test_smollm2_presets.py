@@ -37,7 +37,7 @@ def test_smollm2_code_trains_on_the_basic_problems_with_one_attempt():
     assert config.sampling.eval_temperature == config.sampling.temperature > 0
     assert config.trainer.eval_episodes % len(held_out) == 0 and config.trainer.eval_episodes > len(held_out)
     assert config.trainer.time_limit_s < 30 * 60 and config.model.lora.layers == 8
-    assert config.backend.autocast == "bfloat16"  # measured faster on this preset, learning held
+    assert config.backend.autocast == "auto"  # bfloat16 where the CPU has it: measured faster, learning held
 
 
 def test_smollm2_api_asks_counting_questions_with_two_worked_examples_and_a_brief_listing():

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from agent_lightning.backends.transformers.chat_tokens import ChatTokens, load_chat_template
-from agent_lightning.backends.transformers.kv_cache import StaticKVCaches, fill_prefix
+from agent_lightning.backends.transformers.kv_cache import StaticKVCaches, fill_prefix, fill_rows, rows_copyable
 from agent_lightning.backends.transformers.loading import _dtype, load_model_and_tokenizer
+from agent_lightning.backends.transformers.precision import resolve_autocast
 from agent_lightning.backends.transformers.stop_strings import StopStrings
 from agent_lightning.config import BackendConfig, ModelConfig
 from agent_lightning.hookspecs import hookimpl
@@ -87,7 +88,8 @@ class TransformersBackend:
         self.stop_ids = self.chat.stop_token_ids()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.autocast = backend_config.autocast
+        # backend.autocast: auto -> bfloat16 only where the device multiplies in bfloat16 natively
+        self.autocast = resolve_autocast(backend_config.autocast, self.device)
         self.share_prompts = backend_config.share_prompts  # shared_prompts.py: a group's prompt encoded once in training
         if self.autocast is not None and self.is_lora and not model_config.quantization:
             _frozen_linears_to(self.model, getattr(torch, self.autocast))
@@ -106,8 +108,10 @@ class TransformersBackend:
             from agent_lightning.backends.transformers.merged_sampling import MergedSampler
 
             self._merged = MergedSampler(self.model)
-        # Encode the prompts' common prefix once per generate call (see shared_prefix_length).
+        # Encode the prompts' common prefix, and each distinct prompt, once per generate call
+        # (shared_prefix_length, distinct_rows).
         self.share_prefix = True
+        self._copyable: bool | None = None
         self._reference: Any = None
         self._sampling_head_weight: Any = None  # (head weight, its version, low-precision copy)
         self.optimizer: Any = None
@@ -156,7 +160,8 @@ class TransformersBackend:
         backend's own, whose state is checkpointed. Log-probs are under the temperature-scaled
         full distribution (before top-p truncation), which is what training recomputes. When
         the prompts share a prefix of at least ``MIN_SHARED_PREFIX`` tokens (``share_prefix``),
-        it is encoded once and its KV cache copied to every row.
+        it is encoded once and its KV cache copied to every row; identical prompts are encoded once
+        each when that saves ``MIN_SHARED_TOKENS`` (``distinct_rows``), their cache rows copied.
         """
         import torch
 
@@ -168,6 +173,9 @@ class TransformersBackend:
         batch = len(prompts)
         shared = shared_prefix_length(prompts) if self.share_prefix and batch > 1 else 0
         ids, mask, positions = self._left_padded([p[shared:] for p in prompts], offset=shared)
+        # Identical prompts (a GRPO group that took the same actions) are encoded once each.
+        distinct = (distinct_rows([p[shared:] for p in prompts], ids.shape[1])
+                    if self.share_prefix and batch > 1 and self._rows_copyable() else None)
         stop_ids = torch.tensor(self.stop_ids, device=self.device)
         out_ids = torch.zeros((batch, max_new_tokens), dtype=torch.long)
         out_lp = torch.zeros((batch, max_new_tokens), dtype=torch.float32)
@@ -188,13 +196,18 @@ class TransformersBackend:
         step_ids, step_pos = ids, positions
         try:
             with torch.no_grad(), self._compute(), self._sampling_head(model):
+                if distinct is not None:
+                    cache = None  # the distinct prompts are encoded into a dynamic cache first
                 if shared:
                     # The prompts' common prefix (system prompt, worked examples) is encoded once
                     # and its KV cache copied to every row; rows then read [prefix | pad | suffix].
                     prefix = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=self.device)
                     out = model(input_ids=prefix, use_cache=True, logits_to_keep=1)
                     prefix_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-                    if static is not None and fill_prefix(static, prefix_cache, batch):
+                    if distinct is not None:  # one row per distinct prompt for now (fill_rows below)
+                        cache = prefix_cache
+                        cache.batch_repeat_interleave(len(distinct[0]))
+                    elif static is not None and fill_prefix(static, prefix_cache, batch):
                         cache = static
                     elif hasattr(prefix_cache, "batch_repeat_interleave"):
                         cache = prefix_cache
@@ -206,10 +219,21 @@ class TransformersBackend:
                     mask = torch.cat([torch.ones((batch, shared), dtype=mask.dtype, device=self.device), mask], dim=1)
                 for t in range(max_new_tokens):
                     kwargs = {self._cache_kw: cache} if cache is not None else {}
-                    out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                                use_cache=True, logits_to_keep=1, **kwargs)
-                    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-                    logits = out.logits[:, -1, :].float()
+                    if t == 0 and distinct is not None:
+                        first, inverse = (torch.tensor(x, device=self.device) for x in distinct)
+                        out = model(input_ids=step_ids[first], attention_mask=mask[first],
+                                    position_ids=step_pos[first], use_cache=True, logits_to_keep=1, **kwargs)
+                        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                        if static is not None and fill_rows(static, cache, inverse):
+                            cache = static
+                        else:
+                            cache.reorder_cache(inverse)
+                        logits = out.logits[:, -1, :].float()[inverse]
+                    else:
+                        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                                    use_cache=True, logits_to_keep=1, **kwargs)
+                        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                        logits = out.logits[:, -1, :].float()
                     token, logprob = self._sample(logits, temperature, top_p,
                                                   noise[:, t] if isinstance(noise, torch.Tensor) else noise)
                     token = torch.where(finished, torch.full_like(token, self.pad_id), token)
@@ -243,6 +267,20 @@ class TransformersBackend:
                                "stop" if row_finished[row] else "length"),
             ))
         return results
+
+    def _rows_copyable(self) -> bool:
+        """Whether this model's dynamic KV cache can have its rows selected and repeated (checked
+        once, on an empty cache built from the config)."""
+        if self._copyable is None:
+            try:
+                from transformers import DynamicCache
+
+                from agent_lightning.backends.transformers.modeling import causal_lm
+
+                self._copyable = rows_copyable(DynamicCache(config=causal_lm(self.model).config))
+            except Exception:  # noqa: BLE001 - a config transformers builds no dynamic cache from
+                self._copyable = False
+        return self._copyable
 
     def _left_padded(self, rows: Sequence[Sequence[int]], offset: int) -> tuple[Any, Any, Any]:
         """``(ids, mask, positions)`` ``[batch, longest]`` of left-padded rows whose first token
@@ -605,6 +643,29 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
         length += 1
     worth = length >= MIN_SHARED_PREFIX or (length > 0 and length * (len(prompts) - 1) >= MIN_SHARED_TOKENS)
     return length if worth else 0
+
+
+def distinct_rows(rows: Sequence[Sequence[int]], width: int) -> tuple[list[int], list[int]] | None:
+    """``(first, inverse)`` when several rows are the same prompt and encoding each distinct one
+    once saves at least ``MIN_SHARED_TOKENS`` of the left-padded ``width``: ``first[u]`` is the
+    first row holding distinct prompt ``u`` and ``inverse[r]`` the distinct prompt of row ``r``
+    (``rows[r] == rows[first[inverse[r]]]``). ``None`` when every row differs or it saves less.
+
+    In a multi-turn GRPO rollout the members of a group often sent the same action and got the
+    same observation, so their next prompts are identical (and long: a listing, a page).
+    """
+    first: list[int] = []
+    inverse: list[int] = []
+    seen: dict[tuple[int, ...], int] = {}
+    for r, row in enumerate(rows):
+        key = tuple(row)
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(r)
+        inverse.append(seen[key])
+    if (len(rows) - len(first)) * width < MIN_SHARED_TOKENS:
+        return None
+    return first, inverse
 
 
 def _dedupe_shared(tensors: dict[str, Any]) -> dict[str, Any]:

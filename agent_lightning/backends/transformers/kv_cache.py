@@ -12,7 +12,8 @@ get zero weight).
 next ``generate`` whose prompt width plus ``max_new_tokens`` fits in it; a larger request
 allocates a larger one (lengths rounded up to :data:`LENGTH_QUANTUM`, so steps whose prompt
 widths differ by a few tokens share a buffer). A shared prompt prefix encoded once at batch 1
-is written into every row of the static buffers (:func:`fill_prefix`).
+is written into every row of the static buffers (:func:`fill_prefix`); prompts encoded once per
+distinct prompt are written row by row (:func:`fill_rows`).
 
 Models whose cache layers are not plain attention (recurrent / linear-attention state) get
 ``None`` from :meth:`StaticKVCaches.acquire` and keep the dynamic cache.
@@ -92,4 +93,42 @@ def fill_prefix(static: Any, prefix: Any, batch: int) -> bool:
         return False
     for idx, (keys, values) in enumerate(pairs):
         static.update(keys.expand(batch, *keys.shape[1:]), values.expand(batch, *values.shape[1:]), idx)
+    return True
+
+
+def rows_copyable(cache: Any) -> bool:
+    """Whether every layer of ``cache`` (a ``DynamicCache``) is a plain or sliding-window attention
+    layer whose rows ``reorder_cache`` can select and repeat (no recurrent state beside the keys)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+
+
+def fill_rows(static: Any, cache: Any, index: Any) -> bool:
+    """Write row ``index[r]`` of ``cache`` (a ``DynamicCache`` of the distinct prompts, prefix and
+    suffix encoded) into row ``r`` of the reset ``static`` cache, for every row ``r``.
+
+    Args:
+        static: A reset ``StaticCache`` of ``len(index)`` rows.
+        cache: A ``DynamicCache`` whose layers hold ``[distinct, kv_heads, length, head_dim]``.
+        index: ``LongTensor[rows]``, values in ``[0, distinct)``.
+
+    Returns ``False`` (``static`` untouched) unless both caches are plain full-attention layers
+    (a sliding window keeps a different span in each kind of cache), so the caller can keep
+    the dynamic cache instead.
+    """
+    from transformers.cache_utils import DynamicLayer, StaticLayer
+
+    layers = getattr(cache, "layers", None)
+    if layers is None or len(layers) != len(static.layers):
+        return False
+    if not all(type(d) is DynamicLayer and type(s) is StaticLayer for d, s in zip(layers, static.layers)):
+        return False
+    if any(layer.keys.shape[0] != int(index.max()) + 1 or layer.keys.shape[-2] > s.max_cache_len
+           for layer, s in zip(layers, static.layers)):
+        return False
+    for idx, layer in enumerate(layers):
+        at = index.to(layer.keys.device)
+        static.update(layer.keys.index_select(0, at), layer.values.index_select(0, at), idx)
     return True

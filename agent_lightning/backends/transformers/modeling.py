@@ -356,9 +356,11 @@ def _allowed(module: Any, query: "torch.Tensor", key: "torch.Tensor",
              attention_mask: "torch.Tensor | None") -> "torch.Tensor | None":
     """The SDPA-style mask as booleans (True: attend) for :func:`softcap_attention`.
 
-    ``None`` means what it means to SDPA in transformers: causal when the query has more than
-    one token (aligned to the end of the keys, i.e. after a cache prefix), else everything.
-    An additive float mask is kept as it is.
+    ``None`` means what it means to SDPA in transformers: ``is_causal`` when the query has more
+    than one token, else everything. SDPA aligns ``is_causal`` to the first key, and transformers
+    leaves the mask out only where that is right: no cache (``q_len == kv_len``) or a static
+    cache written from position 0 (its keys run past the queries into unwritten slots, which
+    aligning to the end of the keys would attend). An additive float mask is kept as it is.
     """
     import torch
 
@@ -367,15 +369,15 @@ def _allowed(module: Any, query: "torch.Tensor", key: "torch.Tensor",
     q_len, kv_len = query.shape[2], key.shape[2]
     if q_len == 1 or not getattr(module, "is_causal", True):
         return None
-    idx_q = torch.arange(q_len, device=query.device)[:, None] + (kv_len - q_len)
-    return idx_q >= torch.arange(kv_len, device=query.device)[None, :]
+    return torch.arange(q_len, device=query.device)[:, None] >= torch.arange(kv_len, device=query.device)[None, :]
 
 
 def packed_attention_mask(batch_size: int, q_length: int, kv_length: int, *args: Any,
                           attention_mask: "torch.Tensor | None" = None, **kwargs: Any) -> "torch.Tensor | None":
-    """Mask builder for ``"al_packed"``: none for a single unmasked row (the attention finds the
-    sequences itself), transformers' SDPA mask for everything else."""
-    if attention_mask is None and batch_size == 1:
+    """Mask builder for ``"al_packed"``: none for a single unmasked row without a cache (the
+    attention finds the sequences itself), transformers' SDPA mask for everything else (a static
+    KV cache's keys run past the written positions: ``kv_length > q_length`` needs the mask)."""
+    if attention_mask is None and batch_size == 1 and q_length == kv_length:
         return None
     from transformers import AttentionMaskInterface
 
