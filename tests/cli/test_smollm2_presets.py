@@ -44,7 +44,8 @@ def test_smollm2_api_asks_counting_questions_with_two_worked_examples_and_a_brie
     config, env = _environment("smollm2-api")
     try:
         train, held_out = env.tasks("train"), env.tasks("eval")
-        assert (len(train), len(held_out)) == (70, 28)
+        assert (len(train), len(held_out)) == (70, 84)
+        assert config.trainer.eval_episodes == len(held_out)
         assert {t.reference["family"] for t in train + held_out} == {"count_open_tag", "count_due"}
         prompt = held_out[0].prompt
         assert prompt[0]["role"] == "system" and "\n\nAPI:\nGET /todos?" in prompt[0]["content"]
