@@ -172,9 +172,10 @@ class TransformersBackend:
         model.eval()
         batch = len(prompts)
         shared = shared_prefix_length(prompts) if self.share_prefix and batch > 1 else 0
-        ids, mask, positions = self._left_padded([p[shared:] for p in prompts], offset=shared)
+        suffixes = [p[shared:] for p in prompts]
+        ids, mask, positions = self._left_padded(suffixes, offset=shared)
         # Identical prompts (a GRPO group that took the same actions) are encoded once each.
-        distinct = (distinct_rows([p[shared:] for p in prompts], ids.shape[1])
+        distinct = (distinct_rows(suffixes, ids.shape[1])
                     if self.share_prefix and batch > 1 and self._rows_copyable() else None)
         stop_ids = torch.tensor(self.stop_ids, device=self.device)
         out_ids = torch.zeros((batch, max_new_tokens), dtype=torch.long)
@@ -219,21 +220,20 @@ class TransformersBackend:
                     mask = torch.cat([torch.ones((batch, shared), dtype=mask.dtype, device=self.device), mask], dim=1)
                 for t in range(max_new_tokens):
                     kwargs = {self._cache_kw: cache} if cache is not None else {}
-                    if t == 0 and distinct is not None:
-                        first, inverse = (torch.tensor(x, device=self.device) for x in distinct)
-                        out = model(input_ids=step_ids[first], attention_mask=mask[first],
-                                    position_ids=step_pos[first], use_cache=True, logits_to_keep=1, **kwargs)
-                        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                    # The prefill of distinct prompts runs on one row each, then is copied to every row.
+                    rows = (torch.tensor(distinct[0], device=self.device) if t == 0 and distinct is not None
+                            else slice(None))
+                    out = model(input_ids=step_ids[rows], attention_mask=mask[rows], position_ids=step_pos[rows],
+                                use_cache=True, logits_to_keep=1, **kwargs)
+                    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+                    logits = out.logits[:, -1, :].float()
+                    if isinstance(rows, torch.Tensor):
+                        inverse = torch.tensor(distinct[1], device=self.device)
                         if static is not None and fill_rows(static, cache, inverse):
                             cache = static
                         else:
                             cache.reorder_cache(inverse)
-                        logits = out.logits[:, -1, :].float()[inverse]
-                    else:
-                        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                                    use_cache=True, logits_to_keep=1, **kwargs)
-                        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-                        logits = out.logits[:, -1, :].float()
+                        logits = logits[inverse]
                     token, logprob = self._sample(logits, temperature, top_p,
                                                   noise[:, t] if isinstance(noise, torch.Tensor) else noise)
                     token = torch.where(finished, torch.full_like(token, self.pad_id), token)

@@ -125,8 +125,7 @@ def fill_rows(static: Any, cache: Any, index: Any) -> bool:
         return False
     if not all(type(d) is DynamicLayer and type(s) is StaticLayer for d, s in zip(layers, static.layers)):
         return False
-    if any(layer.keys.shape[0] != int(index.max()) + 1 or layer.keys.shape[-2] > s.max_cache_len
-           for layer, s in zip(layers, static.layers)):
+    if any(layer.keys.shape[-2] > s.max_cache_len for layer, s in zip(layers, static.layers)):
         return False
     for idx, layer in enumerate(layers):
         at = index.to(layer.keys.device)
