@@ -63,7 +63,7 @@ def test_smollm2_api_asks_counting_questions_with_two_worked_examples_and_a_brie
 def test_the_api_preset_runs_a_real_step_against_the_real_service(alightning, cli_env, tmp_path):
     run_dir = tmp_path / "api"
     result = subprocess.run([*alightning, "run", "smollm2-api", "trainer.steps=1", "trainer.batch_size=1",
-                             "algorithm.group_size=2", "trainer.eval_episodes=2", "sampling.max_new_tokens=24",
+                             "algorithm.group_size=2", "trainer.eval_episodes=1", "sampling.max_new_tokens=24",
                              "trackers=[jsonl]", "--output-dir", str(run_dir)],
                             capture_output=True, text=True, env=cli_env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

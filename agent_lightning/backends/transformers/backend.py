@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,7 +75,7 @@ class TransformersBackend:
         if self.is_lora:
             from agent_lightning.backends.transformers.lora_targets import attach_lora
 
-            model = attach_lora(model, model_config.lora)
+            model = attach_lora(model, model_config.lora, seed=seed)  # the same seed, the same adapters
         self.model = model if model_config.quantization else model.to(self.device)
         from agent_lightning.backends.transformers.modeling import packed_attention_for
 
@@ -87,6 +88,7 @@ class TransformersBackend:
         self.chat = ChatTokens(tokenizer)
         self.stop_ids = self.chat.stop_token_ids()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self._seed = seed
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         # backend.autocast: auto -> bfloat16 only where the device multiplies in bfloat16 natively
         self.autocast = resolve_autocast(backend_config.autocast, self.device)
@@ -463,9 +465,10 @@ class TransformersBackend:
             raise ValueError("agent.roles: each role trains its own LoRA adapter; set model.lora")
         if not name.isidentifier() or name == "default" or name in self.roles:
             raise ValueError(f"agent.roles: '{name}' must be a new identifier (not 'default')")
-        from agent_lightning.backends.transformers.lora_targets import lora_config
+        from agent_lightning.backends.transformers.lora_targets import lora_config, seeded_init
 
-        self.model.add_adapter(name, lora_config(self.model.get_base_model(), lora or self._lora_settings))
+        with seeded_init(self._seed + zlib.crc32(name.encode())):  # per role, whatever the order they come in
+            self.model.add_adapter(name, lora_config(self.model.get_base_model(), lora or self._lora_settings))
         self.roles.append(name)
         if self._merged is not None:  # the role's adapter may sit on other layers
             from agent_lightning.backends.transformers.merged_sampling import MergedSampler
