@@ -164,6 +164,7 @@ def train_reward_model(data: str, output_dir: str, config: RewardTrainingConfig,
 
     from agent_lightning.backends.transformers.loading import load_model_and_tokenizer
     from agent_lightning.backends.transformers.lora_targets import attach_lora
+    from agent_lightning.backends.transformers.seeding import seeded_init
     from agent_lightning.preferences.data import ConversationEncoder, load_preferences, split_pairs
 
     started = time.perf_counter()
@@ -172,16 +173,12 @@ def train_reward_model(data: str, output_dir: str, config: RewardTrainingConfig,
         train, held = pairs, load_preferences(config.eval_data, key="--eval-data")
     else:
         train, held = split_pairs(pairs, config.eval_fraction, config.seed)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(config.seed)
-    try:
+    with seeded_init(config.seed):
         backbone, tokenizer = load_model_and_tokenizer(config.model, config.seed)
         backbone = backbone.float() if config.model.dtype == "float32" else backbone
         if config.model.lora is not None:
             backbone = attach_lora(backbone, config.model.lora)
         head = build_head(backbone.config.get_text_config().hidden_size, config.seed)
-    finally:
-        torch.random.set_rng_state(state)
     encoder = ConversationEncoder(tokenizer)
     model = ScalarRewardModel(backbone, head, encoder.stop_id)
     train_ids, dropped = _encode_pairs(encoder, train, config.max_length)

@@ -1,7 +1,7 @@
 """The packaged agent quickstart, whole, through the real CLI.
 
 In a file of its own, first in collection order (``tests/agents``): it is the suite's longest
-test (~7 minutes on two cores), and pytest-xdist (``--dist loadfile --no-loadscopereorder``,
+test (~7 minutes on two cores), and pytest-xdist (``--dist loadfile --no-loadscope-reorder``,
 ``pyproject.toml``) starts it at once on one worker while the other takes the rest of the
 suite. Started late, as when its file was scheduled by its number of tests, it ran on alone
 at the end of the run.

@@ -465,7 +465,8 @@ class TransformersBackend:
             raise ValueError("agent.roles: each role trains its own LoRA adapter; set model.lora")
         if not name.isidentifier() or name == "default" or name in self.roles:
             raise ValueError(f"agent.roles: '{name}' must be a new identifier (not 'default')")
-        from agent_lightning.backends.transformers.lora_targets import lora_config, seeded_init
+        from agent_lightning.backends.transformers.lora_targets import lora_config
+        from agent_lightning.backends.transformers.seeding import seeded_init
 
         with seeded_init(self._seed + zlib.crc32(name.encode())):  # per role, whatever the order they come in
             self.model.add_adapter(name, lora_config(self.model.get_base_model(), lora or self._lora_settings))

@@ -15,8 +15,9 @@ but the output layer).
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
+
+from agent_lightning.backends.transformers.seeding import seeded_init
 
 _ATTENTION_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -102,28 +103,11 @@ def lora_config(model: Any, lora: Any) -> Any:
 
 def attach_lora(model: Any, lora: Any, seed: int | None = None) -> Any:
     """``model`` wrapped by peft with the adapters ``lora`` (a ``LoraSettings``) asks for
-    (:func:`lora_config`); with ``seed``, their random init is drawn from it (:func:`seeded_init`)."""
+    (:func:`lora_config`); with ``seed``, their random init is drawn from it
+    (``seeding.seeded_init``: peft draws ``lora_A`` from the global generator, so the same seed
+    otherwise gave different adapters)."""
     from peft import get_peft_model
 
     with seeded_init(seed):
         return get_peft_model(model, lora_config(model, lora))
 
-
-@contextlib.contextmanager
-def seeded_init(seed: int | None) -> Iterator[None]:
-    """Random draws inside come from ``seed`` (``None``: from the global generator, as they are);
-    the global generators are left as they were.
-
-    peft draws an adapter's ``lora_A`` from the global generator, so without this the same
-    backend seed gave different adapters (and different runs) depending on what drew random
-    numbers before.
-    """
-    if seed is None:
-        yield
-        return
-    import torch
-
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield

@@ -147,7 +147,6 @@ def build_model(
         config: Further keyword arguments of the family's transformers config, applied last
             (``{"final_logit_softcapping": 5.0}``, ``{"sliding_window": 8}``...).
     """
-    import torch
     import transformers
 
     if architecture not in ARCHITECTURE_CLASSES:
@@ -177,13 +176,10 @@ def build_model(
         model_config = config_cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"model.preset_options: invalid {architecture} config: {exc}") from exc
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = model_cls(model_config)
-    finally:
-        torch.random.set_rng_state(state)
-    return model
+    from agent_lightning.backends.transformers.seeding import seeded_init
+
+    with seeded_init(seed):
+        return model_cls(model_config)
 
 
 def build_preset(name: str, options: dict[str, Any], seed: int) -> tuple[Any, Any]:
