@@ -133,7 +133,7 @@ def play(
     step_timeout_s: float,
     policy_version: int,
     generator: Any = None,
-    executor: futures.ThreadPoolExecutor,
+    executor: futures.Executor,
     seed: str | int | None = None,
 ) -> list[Trajectory]:
     """Play one episode per ``(episode id, task, group)`` job and return their trajectories.

@@ -14,7 +14,9 @@ the signal it receives on to its workers) or by ``alightning run --nproc``. A re
 second one.
 
 Handlers are installed only by the main thread of the main interpreter (Python's rule);
-elsewhere :class:`StopSignal` is inert and signals keep their usual effect.
+elsewhere :class:`StopSignal` is inert and signals keep their usual effect. A signal that
+was already ignored when the run started (``SIG_IGN``: ``nohup``, a job started with ``&``
+by a shell without job control) stays ignored, as the one who started the process asked.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class StopSignal:
     def __enter__(self) -> "StopSignal":
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc: Any) -> None:

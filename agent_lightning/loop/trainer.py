@@ -13,7 +13,6 @@ Step 0 is the policy before any update: it is evaluated, as is the final step.
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import contextlib
 import json
 import logging
@@ -28,6 +27,7 @@ from agent_lightning import progress
 from agent_lightning.config import ConfigError, RunConfig, dump_yaml
 from agent_lightning.loop import checkpoint as ckpt
 from agent_lightning.loop import stopping
+from agent_lightning.loop.env_threads import EnvThreadPool
 from agent_lightning.loop.batch import check_invariants
 from agent_lightning.loop.replay import ReplayBuffer
 from agent_lightning.loop.rollout import EnvPool
@@ -107,9 +107,9 @@ class Trackers:
 class Trainer:
     """Owns one run: its components, its directory, its loop."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, *, plugin_manager: PluginManager | None = None):
+    def __init__(self, config: RunConfig, run_dir: str | Path, *, plugin_manager: PluginManager | None = None):
         self.config = config
-        self.run_dir = run_dir
+        self.run_dir = run_dir = Path(run_dir)
         self.pm = plugin_manager or get_plugin_manager()
         c = config
         distributed.init(c.trainer.distributed, device=c.backend.device)  # a no-op unless launched by torchrun
@@ -151,7 +151,7 @@ class Trainer:
                              temperature=c.sampling.temperature)
         self.sampler = TaskSampler(self.train_tasks, c.trainer.seed)
         self.group_size = int(self.algorithm.group_size)
-        self.executor = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="env")
+        self.executor = EnvThreadPool(max_workers=8, name="env")
         self.rollout_executor = create_executor(c, backend=self.backend, envs=self.envs, threads=self.executor,
                                                 plugin_manager=self.pm)
         self.step = 0

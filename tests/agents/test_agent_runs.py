@@ -43,7 +43,7 @@ def _tasks(tmp_path, n=8):
 
 def test_jsonl_tasks_held_out_and_answers_scored_by_the_reward_plugin(tmp_path):
     tasks = _tasks(tmp_path)
-    trainer = _run(tmp_path, [f"agent.entrypoint=sample_agents:echo_answer", f"agent.tasks={tasks}",
+    trainer = _run(tmp_path, ["agent.entrypoint=sample_agents:echo_answer", f"agent.tasks={tasks}",
                               "agent.held_out=0.25", "reward.name=exact-match", "environment=null"], run=False)
     assert len(trainer.train_tasks) == 6 and len(trainer.eval_tasks) == 2
     assert {t.split for t in trainer.eval_tasks} == {"eval"}

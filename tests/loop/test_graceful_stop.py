@@ -34,9 +34,17 @@ def _deterministic(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(WALL_CLOCK)} for r in records]
 
 
+def _default_signals() -> None:
+    """In the child before exec: SIGINT/SIGTERM at their defaults. A suite started in the
+    background by a shell without job control has SIGINT ignored, and a run that starts with
+    a signal ignored keeps ignoring it (``stopping``)."""
+    for sig in stopping.SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start(alightning, cli_env, run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([*alightning, *RUN, *extra, "--output-dir", str(run_dir)], env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
 
 
 def _wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 120) -> None:
@@ -90,8 +98,11 @@ def test_a_second_sigint_stops_at_once(alightning, cli_env, tmp_path):
     proc = _start(alightning, cli_env, run_dir, "trainer.batch_size=256", "trainer.checkpoint_every=0")
     _wait_for_step(proc, run_dir, 1)
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
-    reader.start()
+    out: list[str] = []
+    readers = [threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True),
+               threading.Thread(target=lambda: out.extend(proc.stdout), daemon=True)]
+    for reader in readers:
+        reader.start()
     proc.send_signal(signal.SIGINT)
     deadline = time.monotonic() + 60
     while not any("SIGINT received" in line for line in lines):  # the first one was handled
@@ -99,19 +110,37 @@ def test_a_second_sigint_stops_at_once(alightning, cli_env, tmp_path):
         time.sleep(0.01)
     time.sleep(stopping.REPEAT_WINDOW_S + 0.1)  # a repeat within the window counts as the same request
     proc.send_signal(signal.SIGINT)
-    out = proc.stdout.read()
-    proc.wait(timeout=120)
-    reader.join(timeout=10)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the second SIGINT did not stop the run within 120 s:\n" + "".join(lines[-30:])) from None
+    for reader in readers:
+        reader.join(timeout=10)
     assert proc.returncode == 130, "".join(lines[-30:])
     assert lines[-1].strip() == "interrupted"
-    assert "resume with" not in out  # it did not go on to write a checkpoint
+    assert not any("resume with" in line for line in out)  # it did not go on to write a checkpoint
     assert ckpt.list_checkpoints(run_dir) == []
 
 
-def test_stop_signal_takes_a_quick_repeat_as_the_same_request_and_a_later_one_as_the_second(monkeypatch):
+@pytest.fixture
+def default_handlers():
+    """Python's own SIGINT/SIGTERM handlers for the test, whatever the suite was started with
+    (a shell without job control starts background jobs with SIGINT ignored)."""
+    saved = {sig: signal.getsignal(sig) for sig in stopping.SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield {sig: signal.getsignal(sig) for sig in stopping.SIGNALS}
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def test_stop_signal_takes_a_quick_repeat_as_the_same_request_and_a_later_one_as_the_second(monkeypatch,
+                                                                                             default_handlers):
     clock = [100.0]
     monkeypatch.setattr(stopping.time, "monotonic", lambda: clock[0])
     with stopping.StopSignal(announce=False) as stop:
+        assert all(signal.getsignal(sig) == stop._handle for sig in stopping.SIGNALS)
         signal.raise_signal(signal.SIGINT)  # handled: no KeyboardInterrupt
         assert stop.signum == signal.SIGINT
         clock[0] += stopping.REPEAT_WINDOW_S / 2
@@ -120,7 +149,20 @@ def test_stop_signal_takes_a_quick_repeat_as_the_same_request_and_a_later_one_as
         clock[0] += stopping.REPEAT_WINDOW_S
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)  # the second: at once
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert {sig: signal.getsignal(sig) for sig in stopping.SIGNALS} == default_handlers  # restored
+
+
+def test_a_signal_ignored_at_the_start_stays_ignored(default_handlers):
+    """``nohup``-style: SIGINT was SIG_IGN when the run started, so Ctrl-C does not stop it;
+    SIGTERM still asks for a graceful stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with stopping.StopSignal(announce=False) as stop:
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum is None
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -148,7 +190,8 @@ def test_under_torchrun_every_rank_stops_after_the_same_step(cli_env, tmp_path):
     run_dir = tmp_path / "dp"
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "-m", "agent_lightning.cli", *RUN, "trainer.steps=40", "--output-dir", str(run_dir)],
-                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals)
     _wait_for_step(proc, run_dir, 2)
     workers = sorted(_children(proc.pid))
     assert len(workers) == 2, workers

@@ -334,7 +334,6 @@ def _bucketed_causal_sdpa(query: "torch.Tensor", key: "torch.Tensor", value: "to
     and the real positions are exact; the padded ones are dropped. ``query [1, H, T, D]``,
     ``key [1, Hkv, T, D]``, ``value [1, Hkv, T, Dv]`` -> ``[1, T, H, Dv]``.
     """
-    import torch
     import torch.nn.functional as F
 
     q_all, k_all, v_all = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, heads, D]

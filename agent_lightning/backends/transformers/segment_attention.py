@@ -141,7 +141,6 @@ def segment_sdpa(module: Any, query: "torch.Tensor", key: "torch.Tensor", value:
     Returns:
         ``[1, T, H, Dv]``.
     """
-    import torch
     import torch.nn.functional as F
 
     from agent_lightning.backends.transformers.softcap_attention import softcap_attention

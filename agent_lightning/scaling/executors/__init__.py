@@ -59,7 +59,7 @@ def _build_backend(factory: Any, model_config: Any, backend_config: Any, seed: i
     return factory(model_config, backend_config, seed=seed)
 
 
-def create_executor(config: Any, *, backend: Backend, envs: Any, threads: futures.ThreadPoolExecutor,
+def create_executor(config: Any, *, backend: Backend, envs: Any, threads: futures.Executor,
                     plugin_manager: Any) -> RolloutExecutor:
     """The executor named by ``config.trainer.executor`` for a trainer's components.
 
@@ -82,7 +82,7 @@ def create_executor(config: Any, *, backend: Backend, envs: Any, threads: future
 
 
 def _inprocess_executor(config: Any, options: dict[str, Any], *, backend: Backend, envs: Any,
-                        threads: futures.ThreadPoolExecutor) -> RolloutExecutor:
+                        threads: futures.Executor) -> RolloutExecutor:
     """``trainer.executor.name: inprocess``: episodes played in the trainer's process (no options)."""
     from agent_lightning.config import ConfigError
     from agent_lightning.scaling.executors.inprocess import InProcessExecutor

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as futures
-from typing import Any, Sequence
+from typing import Sequence
 
 from agent_lightning.config import SamplingConfig
 from agent_lightning.loop.rollout import EnvPool, play
@@ -16,7 +16,7 @@ class InProcessExecutor:
 
     name = "inprocess"
 
-    def __init__(self, *, backend: Backend, envs: EnvPool, threads: futures.ThreadPoolExecutor,
+    def __init__(self, *, backend: Backend, envs: EnvPool, threads: futures.Executor,
                  sampling: SamplingConfig, step_timeout_s: float):
         self.backend = backend
         self.envs = envs

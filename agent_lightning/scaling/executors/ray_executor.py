@@ -24,7 +24,6 @@ and stops with the executor. An already initialised Ray is used as it is.
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent_lightning.config import SamplingConfig
+from agent_lightning.loop.env_threads import EnvThreadPool
 from agent_lightning.loop.rollout import EnvPool, play
 from agent_lightning.scaling.executors.ray_worker import RemoteEnv, RolloutWorker, WorkerLostError
 from agent_lightning.scaling.executors.weights import weights_payload
@@ -140,12 +140,11 @@ class RayExecutor:
         except ray.exceptions.RayError as exc:
             self.close()
             raise RuntimeError(f"rollout workers could not start: {_first_line(exc)}") from None
-        self.threads: futures.ThreadPoolExecutor | None = None
+        self.threads: EnvThreadPool | None = None
         self.remote_envs: EnvPool | None = None
         self._next_worker = 0
         if mode == "driver":
-            self.threads = futures.ThreadPoolExecutor(max_workers=max(8, 2 * config.workers * config.env_threads),
-                                                      thread_name_prefix="ray-env")
+            self.threads = EnvThreadPool(max_workers=max(8, 2 * config.workers * config.env_threads), name="ray-env")
             self.remote_envs = EnvPool(self._remote_env)
 
     # ------------------------------------------------------------------ workers

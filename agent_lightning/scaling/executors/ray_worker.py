@@ -6,12 +6,12 @@ Nothing here imports ray at module level: ``RayExecutor`` wraps ``RolloutWorker`
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import os
 import threading
 from typing import Any, Callable, Sequence
 
 from agent_lightning.config import SamplingConfig
+from agent_lightning.loop.env_threads import EnvThreadPool
 from agent_lightning.loop.rollout import EnvPool, play
 from agent_lightning.types import Environment, Observation, StepResult, Task, Trajectory
 
@@ -47,7 +47,7 @@ class RolloutWorker:
         self.sampling = sampling
         self.step_timeout_s = step_timeout_s
         self.envs = EnvPool(env_factory)
-        self.threads = futures.ThreadPoolExecutor(max_workers=env_threads, thread_name_prefix="worker-env")
+        self.threads = EnvThreadPool(max_workers=env_threads, name="worker-env")
         self.backend = backend_factory() if backend_factory is not None else None
         self.version: int | None = None
         self.hosted: dict[int, Environment] = {}
