@@ -32,7 +32,6 @@ appears in a log line or error message (they show the URL without query or crede
 
 from __future__ import annotations
 
-import concurrent.futures as futures
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agent_lightning.config import parse_options
 from agent_lightning.hookspecs import hookimpl
+from agent_lightning.loop.env_threads import EnvThreadPool
 from agent_lightning.types import RewardResult, Trajectory
 
 log = logging.getLogger("agent_lightning.rewards.http")
@@ -181,8 +181,10 @@ class HttpReward:
         its exception, in place, so that it fails that episode only."""
         if not trajectories:
             return []
-        with futures.ThreadPoolExecutor(max_workers=min(self.options.concurrency, len(trajectories)),
-                                        thread_name_prefix="http-reward") as pool:
+        # Daemon threads, no lock taken on submit: a second Ctrl-C while scoring cannot leave the
+        # process waiting on them at exit (loop/env_threads.py).
+        pool = EnvThreadPool(max_workers=min(self.options.concurrency, len(trajectories)), name="http-reward")
+        try:
             jobs = [pool.submit(self, traj) for traj in trajectories]
             out: list[Any] = []
             for job in jobs:
@@ -191,6 +193,8 @@ class HttpReward:
                 except Exception as exc:  # noqa: BLE001 - one failed request fails one episode
                     out.append(exc)
             return out
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def http_reward(**options: Any) -> HttpReward:
