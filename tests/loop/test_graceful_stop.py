@@ -3,6 +3,7 @@ and ``--resume`` continues with nothing lost."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -42,9 +43,38 @@ def _default_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+def _popen(command: list[str], env: dict) -> subprocess.Popen:
+    """A child that is killed, with everything it started, after the test if the test left it
+    running (a failure path)."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals)
+    _STARTED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _reap():
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            # torchrun starts its ranks in sessions of their own: kill them by ancestry.
+            family, todo = [], [proc.pid]
+            while todo:
+                pid = todo.pop()
+                family.append(pid)
+                todo.extend(_children(pid))
+            for pid in family:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
 def _start(alightning, cli_env, run_dir: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*alightning, *RUN, *extra, "--output-dir", str(run_dir)], env=cli_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
+    return _popen([*alightning, *RUN, *extra, "--output-dir", str(run_dir)], cli_env)
 
 
 def _wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 120) -> None:
@@ -188,10 +218,8 @@ def _children(pid: int) -> list[int]:
 def test_under_torchrun_every_rank_stops_after_the_same_step(cli_env, tmp_path):
     """SIGTERM reaches one rank only; both stop after the same step and rank 0 saves it."""
     run_dir = tmp_path / "dp"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "agent_lightning.cli", *RUN, "trainer.steps=40", "--output-dir", str(run_dir)],
-                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_signals)
+    proc = _popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                   "-m", "agent_lightning.cli", *RUN, "trainer.steps=40", "--output-dir", str(run_dir)], cli_env)
     _wait_for_step(proc, run_dir, 2)
     workers = sorted(_children(proc.pid))
     assert len(workers) == 2, workers
