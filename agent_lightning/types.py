@@ -389,6 +389,10 @@ class Backend(Protocol):
     #     on row i alone) so the backend may take its gradient inside the forward pass
     #     (``ops.token_logprob_loss``); logprobs/entropy come back detached. The policy-gradient
     #     algorithms use it when present, else ``token_logprobs`` and autograd.
+    # ``prompt_groups(batch) -> (groups [B], shared [B]) | None``: a backend whose training
+    #     forward encodes a prompt shared by several rows once says which rows share their first
+    #     ``shared[b]`` tokens (same ``groups[b] >= 0``; ``-1``: none); the update then keeps a
+    #     group in one micro-batch and counts its prompt once against ``micro_batch_tokens``.
 
 
 class Algorithm(Protocol):
@@ -455,7 +459,7 @@ class Tracker(Protocol):
 
 OPTIONAL: dict[type, tuple[str, ...]] = {
     Backend: ("render", "reference_model", "correct_sampler_mismatch", "weights_state_dict", "model", "tokenizer",
-              "add_role", "use_role", "counter_noise", "token_loss"),
+              "add_role", "use_role", "counter_noise", "token_loss", "prompt_groups"),
     Algorithm: ("uses_rollouts", "offline_step", "held_out_metrics"),
     Tracker: ("resume", "log_trajectories", "log_checkpoint", "display_only"),
 }

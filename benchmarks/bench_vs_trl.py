@@ -2,7 +2,8 @@
 
 Same model weights, prompts, group size, completion budget and settings on both sides:
 GRPO, one optimizer step per batch (one minibatch, one epoch), no KL term, no evaluation,
-no checkpoints, float32 weights; full fine-tuning or LoRA (``--lora``). The reward is a
+no checkpoints, float32 weights, the same C allocator settings (``backend.cpu_memory: reuse``
+is process-wide and set first); full fine-tuning or LoRA (``--lora``). The reward is a
 deterministic function of the completion text with spread inside every group (so both sides
 do real updates). agent-lightning runs with and without ``backend.autocast: bfloat16``
 (``--autocast``), with ``sampling.noise: counter`` (``--counter-noise``: one hashed uniform
@@ -225,6 +226,11 @@ def main() -> None:
         sys.exit("bench_vs_trl: TRL is not installed (pip install 'agent-lightning[bench]')")
     import torch
 
+    from agent_lightning.backends.transformers.cpu_memory import reuse_freed_memory
+
+    # backend.cpu_memory: reuse (the default) changes the process's allocator when the first
+    # agent-lightning backend is built; set it before anything runs, so TRL gets it in every round too.
+    reuse_freed_memory()
     torch.set_num_threads(args.threads)
     workload = WORKLOADS[args.model]
     contenders = {"trl": lambda: run_trl(workload, lora=args.lora, steps=args.steps, threads=args.threads),

@@ -63,7 +63,9 @@ class OptimizerOptions(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0)
     epochs: int = Field(1, ge=1, description="passes over each step's data (rollouts, pairs)")
     minibatches: int = Field(1, ge=1, description="optimizer steps per pass")
-    micro_batch_tokens: int = Field(16384, ge=1, description="token budget per forward/backward")
+    micro_batch_tokens: int = Field(16384, ge=1, description=(
+        "token budget per forward/backward; a prompt that the backend encodes once for a group "
+        "(backend.share_prompts) counts once"))
 
 
 class PolicyGradientOptions(OptimizerOptions):
@@ -152,7 +154,8 @@ def is_finite(loss: "torch.Tensor") -> bool:
 
 def optimize(backend: Backend, options: OptimizerOptions, *, lengths: Sequence[int], select: Callable[[list[int]], M],
              loss_fn: Callable[[Any, M], "tuple[torch.Tensor, dict[str, Any]]"],
-             share: Callable[[M, list[int]], float], shuffle: bool = False) -> dict[str, float]:
+             share: Callable[[M, list[int]], float], shuffle: bool = False,
+             prompt_groups: "tuple[Sequence[int], Sequence[int]] | None" = None) -> dict[str, float]:
     """``options.epochs`` passes of ``options.minibatches`` optimizer steps over one step's rows.
 
     The rows are ``0..R-1`` (a packed batch's sequences, DPO's pairs). Minibatch ``m`` of a
@@ -173,6 +176,9 @@ def optimize(backend: Backend, options: OptimizerOptions, *, lengths: Sequence[i
             minibatch's loss: the weighted micro-batch losses (of all ranks) add up to the
             minibatch's loss.
         shuffle: Deal the rows in a fresh random order every pass.
+        prompt_groups: ``(groups, shared)`` per row, from a backend whose training forward
+            encodes a group's shared prompt once (its ``prompt_groups``): micro-batches keep a
+            group's rows together and count its prompt once (``distributed.micro_batches``).
 
     A minibatch whose loss or gradient norm is NaN/inf is skipped (:class:`UpdateTally`): the
     non-finite loss is not backpropagated, no optimizer step, and its stats are left out of
@@ -197,7 +203,9 @@ def optimize(backend: Backend, options: OptimizerOptions, *, lengths: Sequence[i
             mb_totals: dict[str, float] = {}
             finite = True
             # This rank's micro-batches (all of them on one process); scale: see distributed.micro_batches.
-            for micro_rows, scale in distributed.micro_batches(rows, [lengths[r] for r in rows], options.micro_batch_tokens):
+            grouped = None if prompt_groups is None else tuple([part[r] for r in rows] for part in prompt_groups)
+            for micro_rows, scale in distributed.micro_batches(rows, [lengths[r] for r in rows], options.micro_batch_tokens,
+                                                               grouped):
                 micro = select([rows[i] for i in micro_rows])
                 loss, stats = loss_fn(backend, micro)
                 if not is_finite(loss):
@@ -234,21 +242,25 @@ def optimize_sequences(backend: Backend, batch: "PackedBatch", loss_fn: LossFn,
         return microbatch_share(options.loss_aggregation, micro.num_sequences, micro.num_policy_tokens,
                                 len(rows), sum(policy_lengths[r] for r in rows))
 
+    grouping = optional(backend, Backend, "prompt_groups")
     return optimize(backend, options, lengths=lengths, select=batch.select,
                     loss_fn=lambda backend, micro: loss_fn(backend, micro, divisor), share=share,
-                    shuffle=options.shuffle)
+                    shuffle=options.shuffle, prompt_groups=grouping(batch) if grouping is not None else None)
 
 
 # --------------------------------------------------------------------------- no-grad passes
 
 
 def per_token_no_grad(batch: "PackedBatch", fn: Callable[["PackedBatch"], "torch.Tensor"],
-                      micro_batch_tokens: int) -> "torch.Tensor":
+                      micro_batch_tokens: int,
+                      prompt_groups: "tuple[Sequence[int], Sequence[int]] | None" = None) -> "torch.Tensor":
     """``fn`` over micro-batches of ``batch`` without gradients, reassembled in batch order.
 
     Args:
         fn: ``micro_batch -> [n]`` one value per policy token of the micro-batch.
         micro_batch_tokens: Stream-token budget of one micro-batch.
+        prompt_groups: The backend's ``prompt_groups(batch)``: micro-batches keep a group's rows
+            together and count its shared prompt once (``ops.partition_shared_prompts``).
 
     Returns:
         float32 ``[N]`` on the device ``fn`` returned.
@@ -261,7 +273,9 @@ def per_token_no_grad(batch: "PackedBatch", fn: Callable[["PackedBatch"], "torch
     pcu = batch.policy_cu_seqlens.tolist()
     pieces: list[tuple[int, Any]] = []
     with torch.no_grad():
-        for rows in ops.partition_microbatches(lengths, micro_batch_tokens):
+        parts = (ops.partition_microbatches(lengths, micro_batch_tokens) if prompt_groups is None else
+                 ops.partition_shared_prompts(lengths, prompt_groups[0], prompt_groups[1], micro_batch_tokens))
+        for rows in parts:
             out = fn(batch.select(rows)).float()
             offset = 0
             for r in rows:
@@ -276,9 +290,10 @@ def per_token_no_grad(batch: "PackedBatch", fn: Callable[["PackedBatch"], "torch
 
 def reference_logprobs(backend: Backend, batch: "PackedBatch", temperature: float, micro_batch_tokens: int) -> "torch.Tensor":
     """Log-probs of the batch's policy tokens under the frozen reference: float32 ``[N]``."""
+    grouping = optional(backend, Backend, "prompt_groups")
     return per_token_no_grad(
         batch, lambda micro: backend.token_logprobs(micro, temperature=temperature, reference=True)[0],
-        micro_batch_tokens)
+        micro_batch_tokens, grouping(batch) if grouping is not None else None)
 
 
 # --------------------------------------------------------------------------- the shell

@@ -17,14 +17,16 @@ An action that parses as neither gets an ``error:`` observation and counts in
 Goals (``tasks``; train and held-out eval splits generated from distinct seeds): mark
 every open todo with a tag as done; create a todo and then mark it done (``done`` cannot
 be set on create); delete done todos with a tag; rename a todo; raise the priority of open
-todos due before a day; count open todos due before a day; count open todos with a tag.
+todos due before a day; count open todos due before a day; count open todos with a tag;
+and, opt-in (``families: [due_of]``; not in the default task sets), the due date of the todo
+with a given title (answered ``YYYY-MM-DD``).
 Success is read from the service's state when the episode ends (every todo not targeted
 must be unchanged) and, for questions, from the answer. Reward: 1.0 on success, else 0.
 
 Prompt options (defaults give the tasks above unchanged), for small models where every
 prompt token costs time:
 
-* ``families`` — tasks cycle only through these families (``None``: all); the seed of task
+* ``families`` — tasks cycle only through these families (``None``: ``DEFAULT_FAMILIES``); the seed of task
   ``i`` of a split does not depend on them, and the id still names the family.
 * ``spec`` — ``"openapi"`` (the JSON document after the goal) or ``"brief"`` (one line per
   operation and one for a Todo's fields, derived from the document by
@@ -54,8 +56,12 @@ _TITLES = ("write report", "call plumber", "buy milk", "book flights", "review p
            "email Anna", "update CV", "prepare slides", "order printer ink", "backup laptop", "file taxes",
            "walk the dog", "read contract", "schedule dentist", "refill prescription", "cancel gym", "repair fence")
 TAGS = ("work", "home", "errands", "health", "finance")
-FAMILIES = ("complete_tag", "create_then_done", "delete_done", "rename", "raise_priority", "count_due",
-            "count_open_tag")
+DEFAULT_FAMILIES = ("complete_tag", "create_then_done", "delete_done", "rename", "raise_priority", "count_due",
+                    "count_open_tag")
+"""The families of the default task sets (``families: null``); they stay as they are so that
+a default run keeps today's tasks."""
+FAMILIES = (*DEFAULT_FAMILIES, "due_of")
+"""Every known family: the defaults, then the opt-in ones (``due_of``: read one field of the listing)."""
 
 SYSTEM_PROMPT = (
     "You reach goals by calling a JSON HTTP API (its OpenAPI document follows the goal). "
@@ -75,6 +81,7 @@ _REQUEST = re.compile(r"^(GET|POST|PUT|PATCH|DELETE)\s+(\S+)\s*(.*)$", re.I)
 _ANSWER = re.compile(r"^answer\s*:?\s*(?:\"(.*)\"|'(.*)'|(.*))$", re.I)
 _DONE = re.compile(r"^done[.!]?$", re.I)
 _INTEGER = re.compile(r"-?\d+")
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def parse_action(action: str) -> tuple[Any, ...] | None:
@@ -148,6 +155,14 @@ def _make_task(family: str, rng: random.Random) -> tuple[str, list[dict[str, Any
             targets = [n] if n else []
             goal = f"How many open todos are tagged '{tag}'? Answer with the number."
             check["answer"] = n
+        elif family == "due_of":
+            # A lookup: list the todos, find the one titled so, read its due date. The date cannot be
+            # guessed (about ten dates occur), so a reward for it pays only reading the listing.
+            dated = [t for t in todos if t["due"] is not None]
+            targets = [rng.choice(dated)] if dated else []
+            goal = (f"When is the todo '{targets[0]['title']}' due? Answer with its due date (YYYY-MM-DD)."
+                    if targets else "")
+            check["answer"] = targets[0]["due"] if targets else None
         else:
             raise ValueError(f"api: unknown task family '{family}' (known: {', '.join(FAMILIES)})")
         if targets:
@@ -177,7 +192,7 @@ def build_task(task_id: str, split: str, family: str, seed: str, api: str,
                 reference={"family": family, "goal": goal, "todos": todos, **check})
 
 
-def make_tasks(split: str, count: int, families: Sequence[str] = FAMILIES, spec: str = "openapi",
+def make_tasks(split: str, count: int, families: Sequence[str] = DEFAULT_FAMILIES, spec: str = "openapi",
                demonstrations: Sequence[Message] = ()) -> list[Task]:
     """``count`` tasks of ``split``, cycling through ``families``; deterministic (task ``i`` is
     seeded by split and ``i``). ``demonstrations`` go between the system and the user message."""
@@ -192,9 +207,14 @@ def make_tasks(split: str, count: int, families: Sequence[str] = FAMILIES, spec:
 
 def judge(reference: Any, state: list[dict[str, Any]], answer: str | None) -> bool:
     """Whether the final service ``state`` (and ``answer``) meet the task's goal."""
-    if reference.get("answer") is not None:
+    expected_answer = reference.get("answer")
+    if isinstance(expected_answer, str):  # a date (due_of): the last date in the answer
+        dates = _ISO_DATE.findall(answer or "")
+        if not dates or dates[-1] != expected_answer:
+            return False
+    elif expected_answer is not None:  # a count
         numbers = _INTEGER.findall(answer or "")
-        if not numbers or int(numbers[-1]) != reference["answer"]:
+        if not numbers or int(numbers[-1]) != expected_answer:
             return False
     by_id = {t["id"]: t for t in state}
     expected_ids = {t["id"] for t in reference["expected"]}
@@ -232,7 +252,7 @@ class ApiEnv:
         self.num_tasks = {"train": num_train, "eval": num_eval}
         self.request_timeout_s = request_timeout_s
         self.max_body_chars = max_body_chars
-        self.families = check_names("families", families, FAMILIES) if families is not None else FAMILIES
+        self.families = check_names("families", families, FAMILIES) if families is not None else DEFAULT_FAMILIES
         self.spec = spec
         self.demonstrations = demonstrations
         self._demos: list[tuple[Task, tuple[Message, ...]]] | None = None

@@ -133,7 +133,14 @@ def _count_open_tag(goal: str) -> Generator[str, str, None]:
     yield f'answer "{len(todos)}"'
 
 
+def _due_of(goal: str) -> Generator[str, str, None]:
+    title = _QUOTED.findall(goal)[0]
+    todo = next(t for t in (yield from _list("")) if t["title"] == title)
+    yield f'answer "{todo["due"]}"'
+
+
 SOLVERS: Mapping[str, Solver] = {
     "complete_tag": _complete_tag, "create_then_done": _create_then_done, "delete_done": _delete_done,
     "rename": _rename, "raise_priority": _raise_priority, "count_due": _count_due, "count_open_tag": _count_open_tag,
+    "due_of": _due_of,
 }

@@ -12,7 +12,7 @@ Public ops (see each module for shapes):
 * ``group_advantages``— GRPO / Dr. GRPO / RLOO baselines (``ops/advantages.py``)
 * ``kl_penalty``      — k1 / k2 / k3 estimators, clamped (``ops/kl.py``)
 * packing: ``pack_lengths``, ``pack``, ``unpack``, ``pad_packed``, ``unpad``,
-  ``partition_microbatches`` (``ops/packing.py``)
+  ``partition_microbatches``, ``partition_shared_prompts`` (``ops/packing.py``)
 * segment reductions: ``segment_sum``, ``segment_mean``, ``segment_count`` (``ops/segments.py``)
 """
 
@@ -33,6 +33,7 @@ _EXPORTS = {
     "pad_packed": "packing",
     "unpad": "packing",
     "partition_microbatches": "packing",
+    "partition_shared_prompts": "packing",
     "segment_sum": "segments",
     "segment_mean": "segments",
     "segment_count": "segments",

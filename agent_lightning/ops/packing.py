@@ -357,6 +357,71 @@ def partition_microbatches(lengths: "torch.Tensor | Sequence[int]", token_budget
     return partition_microbatches_ref(lens, token_budget)
 
 
+def partition_shared_prompts(lengths: Sequence[int], groups: Sequence[int], shared: Sequence[int],
+                             token_budget: int) -> list[list[int]]:
+    """Micro-batches for a forward that encodes a group's shared prompt once per micro-batch.
+
+    Rows with the same ``groups[i] >= 0`` start with the same ``shared[i]`` tokens (a GRPO
+    group's prompt), which such a forward encodes once for all of them in a micro-batch, so
+    a micro-batch costs, per group it holds, the prompt once plus each member's remainder.
+    :func:`partition_microbatches` counts every row in full and balances rows across
+    micro-batches, which spreads a group over all of them: each then encodes the prompt again
+    (two groups of 8 rows in two micro-batches: four prompt encodings instead of two). Here a group's rows stay together: a group is one unit costing
+    ``shared + sum(length - shared)``, cut in order into consecutive chunks of at most
+    ``token_budget`` (each chunk pays the prompt again) only when it does not fit; units (and
+    rows of no group, ``groups[i] < 0``, in full) are then partitioned by
+    :func:`partition_microbatches` on those costs.
+
+    Args:
+        lengths: ``B`` stream tokens per row.
+        groups: ``B`` group ids (``-1``: the row shares nothing).
+        shared: ``B`` prompt tokens each row shares with its group (read for grouped rows).
+        token_budget: Maximum cost per micro-batch (``>= 1``).
+
+    Returns:
+        Lists of row indices (ascending within a micro-batch, micro-batches ordered by their
+        first index); every index appears exactly once. Deterministic.
+    """
+    if token_budget < 1:
+        raise ValueError(f"partition_shared_prompts: token_budget must be >= 1, got {token_budget}")
+    if not len(lengths) == len(groups) == len(shared):
+        raise ValueError(f"partition_shared_prompts: {len(lengths)} lengths, {len(groups)} groups and "
+                         f"{len(shared)} shared lengths; one of each per row")
+    members: dict[int, list[int]] = {}
+    units: list[tuple[list[int], int]] = []  # (rows, cost)
+    for i, group in enumerate(groups):
+        if group >= 0:
+            if group not in members:
+                members[group] = []
+                units.append((members[group], -1))  # cost and chunks filled in below, in first-row order
+            members[group].append(i)
+        else:
+            units.append(([i], int(lengths[i])))
+    costed: list[tuple[list[int], int]] = []
+    for rows, cost in units:
+        if cost >= 0:
+            costed.append((rows, cost))
+            continue
+        if len(rows) == 1:
+            costed.append((rows, int(lengths[rows[0]])))
+            continue
+        prompt = min(int(shared[i]) for i in rows)
+        chunk: list[int] = []
+        total = prompt
+        for i in rows:
+            extra = int(lengths[i]) - prompt
+            if chunk and total + extra > token_budget:
+                costed.append((chunk, total))
+                chunk, total = [], prompt
+            chunk.append(i)
+            total += extra
+        costed.append((chunk, total))
+    bins = partition_microbatches([cost for _, cost in costed], token_budget)
+    result = [sorted(i for unit in b for i in costed[unit][0]) for b in bins]
+    result.sort(key=lambda b: b[0])
+    return result
+
+
 # --------------------------------------------------------------------------- autograd for the C++ path
 
 

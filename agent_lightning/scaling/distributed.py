@@ -253,13 +253,19 @@ def mean_over_ranks(values: Mapping[str, float]) -> dict[str, float]:
     return {key: sum(part.get(key, 0.0) for part in parts) / _context.world_size for key in keys}
 
 
-def micro_batches(rows: Sequence[int], lengths: Sequence[int], token_budget: int) -> Iterator[tuple[list[int], float]]:
+def micro_batches(rows: Sequence[int], lengths: Sequence[int], token_budget: int,
+                  prompt_groups: "tuple[Sequence[int], Sequence[int]] | None" = None) -> Iterator[tuple[list[int], float]]:
     """This rank's micro-batches of one minibatch, with their gradient scale.
 
     Args:
         rows: The minibatch's rows (sequence indices of a batch every rank holds whole).
         lengths: Stream tokens of each of ``rows``.
         token_budget: Stream-token budget of one micro-batch.
+        prompt_groups: ``(groups, shared)`` of each of ``rows`` when the training forward
+            encodes a group's shared prompt once per micro-batch (the backend's
+            ``prompt_groups``): micro-batches then keep a group together and count its
+            prompt once (``ops.partition_shared_prompts``); ``None``: every row in full
+            (``ops.partition_microbatches``).
 
     Yields:
         ``(indices into rows, scale)``: the caller backpropagates ``loss * share * scale``,
@@ -281,13 +287,19 @@ def micro_batches(rows: Sequence[int], lengths: Sequence[int], token_budget: int
     """
     from agent_lightning import ops
 
+    def partition(lo: int, hi: int) -> list[list[int]]:
+        if prompt_groups is None:
+            return ops.partition_microbatches(list(lengths[lo:hi]), token_budget)
+        groups, shared = prompt_groups
+        return ops.partition_shared_prompts(list(lengths[lo:hi]), list(groups[lo:hi]), list(shared[lo:hi]), token_budget)
+
     world = _context.world_size if _context.active else 1
     if world == 1:
-        for part in ops.partition_microbatches(list(lengths), token_budget):
+        for part in partition(0, len(rows)):
             yield part, 1.0
         return
     lo, hi = _bounds(len(rows), _context.rank, world)
-    parts = [[lo + i for i in part] for part in ops.partition_microbatches(list(lengths[lo:hi]), token_budget)] if hi > lo else []
+    parts = [[lo + i for i in part] for part in partition(lo, hi)] if hi > lo else []
     padding = 0
     if _context.strategy == "fsdp":  # agree on the count before the first (collective) forward
         import torch.distributed as dist

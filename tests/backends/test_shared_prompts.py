@@ -229,3 +229,38 @@ def test_a_grpo_run_shares_its_prompts_and_keeps_the_sampler_matching_the_traine
     on, off = metrics[True][0], metrics[False][0]  # the first step trains on the same episodes either way
     for key in ("train/pg_loss", "train/grad_norm", "train/entropy", "train/ratio_mean"):
         assert on[key] == pytest.approx(off[key], rel=1e-4, abs=1e-6), key
+
+
+def test_the_update_keeps_a_group_in_one_micro_batch_and_counts_its_prompt_once(monkeypatch):
+    from agent_lightning.algorithms import training
+    from agent_lightning.backends.transformers.backend import TransformersBackend
+    from agent_lightning.config import BackendConfig, ModelConfig
+
+    # Two groups of 4 with a 60-token prompt and 9-18 tokens after it: 294 tokens a group in full,
+    # 114 with the prompt once. A budget of 300 needs two micro-batches counted in full, one shared.
+    batch = grouped_batch(60, groups=((60, 4), (60, 4)))
+    batch.advantages = torch.linspace(-1, 1, batch.policy_index.numel())
+    options = training.PolicyGradientOptions(lr=1e-3, micro_batch_tokens=300)
+    results = {}
+    for share in (True, False):
+        backend = TransformersBackend(ModelConfig(preset="tiny", preset_options={"hidden_size": 32, "num_layers": 2,
+                                                                                 "num_heads": 2}),
+                                      BackendConfig(device="cpu", share_prompts=share), seed=0)
+        backend.configure_optimizer(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, total_steps=1,
+                                    schedule="constant")
+        micro_batches = []
+
+        def loss_fn(backend, micro, norm_tokens):
+            micro_batches.append(sorted(int(i) for i in micro.trajectory_ids))
+            return training.PolicyGradient(training.PolicyGradientOptions, {}).loss(backend, micro, norm_tokens)
+
+        results[share] = (training.optimize_sequences(backend, batch, loss_fn, options), micro_batches,
+                          [p.detach().clone() for p in backend.trainable_parameters()])
+    (shared_metrics, shared_parts, shared_weights), (full_metrics, full_parts, full_weights) = results[True], results[False]
+    assert shared_parts == [list(range(8))]  # both groups, each prompt once: 228 tokens
+    assert len(full_parts) >= 2 and sorted(i for p in full_parts for i in p) == list(range(8))
+    # The same update either way (micro-batching only regroups the sum of the losses).
+    assert shared_metrics["pg_loss"] == pytest.approx(full_metrics["pg_loss"], rel=1e-4, abs=1e-6)
+    assert shared_metrics["grad_norm"] == pytest.approx(full_metrics["grad_norm"], rel=1e-4)
+    for a, b in zip(shared_weights, full_weights):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

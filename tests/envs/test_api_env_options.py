@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from agent_lightning.envs.api import FAMILIES, ApiEnv, judge
+from agent_lightning.envs.api import DEFAULT_FAMILIES, FAMILIES, ApiEnv, judge
 from agent_lightning.envs.api_service import openapi_document
 
 # sha256 of the default tasks' (id, split, reference), pinned before the options existed.
@@ -36,7 +36,7 @@ def test_defaults_give_todays_tasks(options):
     for split, (count, fingerprint) in DEFAULT_FINGERPRINTS.items():
         tasks = env.tasks(split)
         assert len(tasks) == count and _fingerprint(tasks) == fingerprint
-        assert [t.id for t in tasks[:8]] == [f"api-{split}-{i:03d}-{f}" for i, f in enumerate(FAMILIES + FAMILIES[:1])]
+        assert [t.id for t in tasks[:8]] == [f"api-{split}-{i:03d}-{f}" for i, f in enumerate(DEFAULT_FAMILIES + DEFAULT_FAMILIES[:1])]
         for task in tasks:
             assert hashlib.sha256(task.prompt[0]["content"].encode()).hexdigest() == TODAY_SYSTEM_SHA256
             assert task.prompt == (
@@ -54,9 +54,33 @@ def test_a_family_subset_keeps_each_index_seed_and_names_the_family():
     assert env.tasks("train") == train  # deterministic
     # Task i is seeded by split and i alone: where the default cycle puts the same family at i, it is the same task.
     default = ApiEnv().tasks("train")
-    assert FAMILIES[3] == "rename" and ApiEnv(families=["rename"], num_train=4).tasks("train")[3] == default[3]
+    assert DEFAULT_FAMILIES[3] == "rename" and ApiEnv(families=["rename"], num_train=4).tasks("train")[3] == default[3]
     assert {json.dumps(t.reference["todos"]) for t in train}.isdisjoint(
         json.dumps(t.reference["todos"]) for t in env.tasks("eval"))  # the splits are drawn from distinct seeds
+
+
+def test_the_opt_in_due_of_family_is_known_but_not_in_the_default_tasks():
+    assert set(FAMILIES) - set(DEFAULT_FAMILIES) == {"due_of"}
+    assert "due_of" not in {t.reference["family"] for t in ApiEnv().tasks("train")}
+    tasks = ApiEnv(families=["due_of"], num_eval=12).tasks("eval")
+    for task in tasks:
+        title = re.findall(r"'([^']*)'", task.reference["goal"])[0]
+        [todo] = [t for t in task.reference["todos"] if t["title"] == title]
+        assert task.reference["answer"] == todo["due"] and re.fullmatch(r"\d{4}-\d{2}-\d{2}", todo["due"])
+        assert task.reference["expected"] == task.reference["todos"]  # a question: nothing may change
+    assert len({t.reference["answer"] for t in tasks}) >= 4  # the dates vary: a constant guess pays little
+
+
+def test_a_due_of_answer_must_be_the_todos_date():
+    task = ApiEnv(families=["due_of"], num_eval=1).tasks("eval")[0]
+    reference, todos, due = task.reference, task.reference["todos"], task.reference["answer"]
+    other = next(t["due"] for t in todos if t["due"] not in (None, due))
+    assert judge(reference, todos, f'"{due}"') and judge(reference, todos, f"It is due {due}.")
+    assert not judge(reference, todos, other) and not judge(reference, todos, None)
+    assert not judge(reference, todos, due.replace("-", "/"))  # YYYY-MM-DD, as the goal asks
+    assert not judge(reference, todos, f"{due} or {other}")  # the last date is the answer
+    changed = [dict(t, done=not t["done"]) if t["due"] == due else t for t in todos]
+    assert not judge(reference, changed, due)  # a question's state must stay as it was
 
 
 def test_a_single_family_may_be_given_as_a_string():

@@ -61,6 +61,10 @@ class TransformersBackend:
         if backend_config.threads:
             torch.set_num_threads(backend_config.threads)
         self.device = torch.device(_resolve_device(backend_config.device))
+        if self.device.type == "cpu" and backend_config.cpu_memory == "reuse":
+            from agent_lightning.backends.transformers.cpu_memory import reuse_freed_memory
+
+            reuse_freed_memory()
         if model_config.quantization:  # QLoRA: a 4-bit base placed on the GPU at load
             from agent_lightning.backends.transformers.quantization import load_quantized
 
@@ -375,6 +379,19 @@ class TransformersBackend:
                                          logit_scale=head.logit_scale, softcap=head.softcap,
                                          temperature=temperature, with_entropy=with_entropy)
         return out.loss, out.logprobs, out.entropy
+
+    def prompt_groups(self, batch: Any) -> tuple[list[int], list[int]] | None:
+        """``(groups [B], shared [B])`` of a packed batch when the training forward encodes each
+        shared prompt once (``backend.share_prompts`` on a model with packed attention): rows
+        of one group (``groups[b] >= 0``) share their first ``shared[b]`` tokens; ``None`` when
+        every row is encoded in full. The update keeps a group in one micro-batch."""
+        from agent_lightning.backends.transformers import modeling
+        from agent_lightning.backends.transformers.shared_prompts import prompt_groups, prompt_lengths
+
+        if not self.share_prompts or not modeling.packed_attention_for(self.model, self.device):
+            return None
+        prompts = prompt_lengths(batch.cu_seqlens, batch.policy_index, batch.policy_cu_seqlens)
+        return prompt_groups(batch.input_ids, batch.cu_seqlens, prompts), prompts
 
     @contextlib.contextmanager
     def _policy_forward(self, batch: Any, reference: bool) -> Any:

@@ -67,6 +67,33 @@ def prompt_lengths(cu_seqlens: "torch.Tensor", policy_index: "torch.Tensor",
     return [(firsts[pcu[b]] - cu[b]) if pcu[b + 1] > pcu[b] else cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
 
 
+def prompt_groups(input_ids: "torch.Tensor", cu_seqlens: "torch.Tensor", prompts: Sequence[int]) -> list[int]:
+    """Per sequence, its group: the first sequence whose prompt (the first ``prompts[b]``
+    tokens) is the same, for every sequence of a prompt held by two or more; ``-1`` for the
+    others, and for a sequence whose prompt is its whole length (no policy token).
+
+    Args:
+        input_ids: int64 ``[T]`` the packed stream (read on the CPU).
+        cu_seqlens: int32 ``[B+1]`` sequence boundaries.
+        prompts: ``B`` prompt lengths (:func:`prompt_lengths`).
+    """
+    cu = cu_seqlens.tolist()
+    if len(prompts) != len(cu) - 1:
+        raise ValueError(f"shared prompts: {len(prompts)} prompt lengths for {len(cu) - 1} sequences")
+    ids = input_ids.tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, length in enumerate(prompts):
+        start, end = cu[b], cu[b + 1]
+        if 0 < length < end - start:
+            groups.setdefault(tuple(ids[start:start + length]), []).append(b)
+    group_of = [-1] * len(prompts)
+    for members in groups.values():
+        if len(members) > 1:
+            for b in members:
+                group_of[b] = members[0]
+    return group_of
+
+
 def share_prefixes(input_ids: "torch.Tensor", cu_seqlens: "torch.Tensor", prompts: Sequence[int], *,
                    min_saving: float = MIN_SAVING) -> SharedPrefixes | None:
     """Group the sequences whose prompts (the first ``prompts[b]`` tokens) are identical and lay
@@ -83,17 +110,9 @@ def share_prefixes(input_ids: "torch.Tensor", cu_seqlens: "torch.Tensor", prompt
         The shared layout (on ``input_ids``' device), or ``None`` when nothing worth sharing.
     """
     cu = cu_seqlens.tolist()
-    if len(prompts) != len(cu) - 1:
-        raise ValueError(f"share_prefixes: {len(prompts)} prompt lengths for {len(cu) - 1} sequences")
-    ids = input_ids.tolist()
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for b, length in enumerate(prompts):
-        start, end = cu[b], cu[b + 1]
-        if 0 < length < end - start:
-            groups.setdefault(tuple(ids[start:start + length]), []).append(b)
-    group_of = {b: members[0] for members in groups.values() if len(members) > 1 for b in members}
+    group_of = {b: g for b, g in enumerate(prompt_groups(input_ids, cu_seqlens, prompts)) if g >= 0}
     saved = sum(prompts[b] for b in group_of if group_of[b] != b)
-    if not group_of or saved < min_saving * max(1, len(ids)):
+    if not group_of or saved < min_saving * max(1, cu[-1]):
         return None
 
     from agent_lightning.backends.transformers.segment_attention import concat_ranges
