@@ -89,11 +89,14 @@ class PackedBatch:
         return int(self.policy_index.numel())
 
     def select(self, rows: Sequence[int]) -> "PackedBatch":
-        """The sub-batch of sequences ``rows`` (re-packed, in the given order)."""
+        """The sub-batch of sequences ``rows`` (re-packed, in the given order); the batch itself
+        when ``rows`` is every sequence in order (one micro-batch: nothing to re-pack)."""
         import torch
 
         from agent_lightning import ops
 
+        if len(rows) == self.num_sequences and all(r == i for i, r in enumerate(rows)):
+            return self
         cu, pcu = self.cu_seqlens.tolist(), self.policy_cu_seqlens.tolist()
         token_parts = [torch.arange(cu[r], cu[r + 1]) for r in rows]
         policy_parts = [torch.arange(pcu[r], pcu[r + 1]) for r in rows]

@@ -27,6 +27,7 @@ from agent_lightning import progress
 from agent_lightning.config import ConfigError, RunConfig, dump_yaml
 from agent_lightning.loop import checkpoint as ckpt
 from agent_lightning.loop import stopping
+from agent_lightning.loop.heap import frozen_long_lived
 from agent_lightning.loop.batch import check_invariants
 from agent_lightning.loop.env_threads import EnvThreadPool
 from agent_lightning.loop.replay import ReplayBuffer
@@ -427,7 +428,8 @@ class Trainer:
             if resumed:
                 self.trackers.resume(self.step)
             self.trackers.log_config(c.to_dict())
-            with contextlib.nullcontext(signals) if signals else stopping.StopSignal(distributed.is_main()) as signals:
+            with (contextlib.nullcontext(signals) if signals else stopping.StopSignal(distributed.is_main()) as signals,
+                  frozen_long_lived()):
                 if not resumed:
                     if stopped_by := self._stop_signal(signals):  # during start-up: nothing to save yet
                         return RunResult(self.run_dir, self.step, {}, {}, stopped_by, None)

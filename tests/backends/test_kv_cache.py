@@ -81,9 +81,10 @@ def test_a_reused_cache_carries_nothing_from_the_last_call():
     keys = NoiseKeys((1, 2, 3, 4, 5))
     static.generate(prompts, temperature=1.0, max_new_tokens=8, generator=keys)
     (_, cache), = static._static_caches._caches.values()
-    for layer in cache.layers:
-        layer.keys.fill_(float("nan"))
-        layer.values.fill_(float("nan"))
+    with torch.inference_mode():  # sampling's buffers are inference tensors
+        for layer in cache.layers:
+            layer.keys.fill_(float("nan"))
+            layer.values.fill_(float("nan"))
     got = static.generate(prompts, temperature=1.0, max_new_tokens=8, generator=keys)
     assert all(torch.isfinite(torch.tensor(g.logprobs)).all() for g in got)
     _assert_same([dynamic.generate(prompts, temperature=1.0, max_new_tokens=8, generator=keys)], [got])

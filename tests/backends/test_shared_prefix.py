@@ -105,3 +105,45 @@ def test_identical_prompts_are_encoded_once_and_sample_what_whole_prompts_sample
         # the rows of one prompt drew their own noise: sampled replies differ somewhere
         sampled = results[True, 1.0]
         assert len({sampled[i].token_ids for i in (0, 2, 3, 6)}) > 1
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma2"])
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_one_prompt_for_every_row_is_encoded_once_with_no_second_prefill(architecture, kv_cache):
+    """n samples of one prompt: one forward of the whole prompt at batch 1, whose last logits
+    sample every row's first token, then one forward per further token at batch n; the same
+    tokens and log-probs (1e-4) as encoding every row, each row with its own noise."""
+    from agent_lightning.backends.transformers.backend import TransformersBackend
+    from agent_lightning.config import BackendConfig, ModelConfig
+    from agent_lightning.types import NoiseKeys
+
+    backend = TransformersBackend(
+        ModelConfig(preset="tiny", preset_options={"architecture": architecture, "hidden_size": 32,
+                                                   "num_layers": 2, "num_heads": 2}),
+        BackendConfig(device="cpu", kv_cache=kv_cache), seed=0)
+    prompt = backend.encode_prompt([{"role": "user", "content": "guess my number between 1 and 30 ."}])
+    rows, new = 6, 5
+    calls: list[tuple[int, int]] = []
+    hook = backend.model.register_forward_pre_hook(
+        lambda _m, args, kwargs: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    results = {}
+    try:
+        for share in (False, True):
+            backend.share_prefix = share
+            for temperature in (0.0, 1.0):
+                calls.clear()
+                results[share, temperature] = backend.generate(
+                    [list(prompt)] * rows, temperature=temperature, max_new_tokens=new,
+                    generator=NoiseKeys(tuple(range(rows))))
+                if share and temperature:
+                    # greedy rows all take one path and may stop early; sampled rows run all tokens
+                    assert calls == [(1, len(prompt))] + [(rows, 1)] * (new - 1)
+                elif not share:
+                    assert calls[0] == (rows, len(prompt))
+    finally:
+        hook.remove()
+    for temperature in (0.0, 1.0):
+        for a, b in zip(results[False, temperature], results[True, temperature], strict=True):
+            assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+            assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+    assert len({g.token_ids for g in results[True, 1.0]}) > 1  # each row drew its own noise

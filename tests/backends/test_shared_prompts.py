@@ -156,8 +156,15 @@ def _dense_reference(query, key, value, sizes, parents):
     return out.unsqueeze(0)
 
 
+@pytest.mark.parametrize("path", ["matmul", "sdpa"])
 @pytest.mark.parametrize("heads,kv_heads,value_dim", [(4, 4, 8), (4, 2, 8), (2, 1, 5)])
-def test_segment_attention_with_grandparents_equals_one_call_per_segment(heads, kv_heads, value_dim):
+def test_segment_attention_with_grandparents_equals_one_call_per_segment(heads, kv_heads, value_dim, path, monkeypatch):
+    # Small buckets on a CPU take two matmuls and a softmax; MATH_MAX_SCORES = 0 sends every one to SDPA.
+    if path == "sdpa":
+        monkeypatch.setattr(segment_attention, "MATH_MAX_SCORES", 0)
+    taken = []
+    real = segment_attention._matmul_attention
+    monkeypatch.setattr(segment_attention, "_matmul_attention", lambda *a: taken.append(1) or real(*a))
     sizes = [5, 3, 4, 0, 6, 2, 7, 1]
     parents = (-1, 0, 1, 0, -1, 4, 0, 6)  # chains: 0 <- 1 <- 2, 0 <- 6 <- 7, 4 <- 5; an empty segment
     g = torch.Generator().manual_seed(0)
@@ -167,6 +174,7 @@ def test_segment_attention_with_grandparents_equals_one_call_per_segment(heads, 
     value = torch.randn(1, kv_heads, total, value_dim, generator=g, requires_grad=True)
     got = segment_attention.segment_sdpa(None, query, key, value, sizes, parents, None, 0.0, None, None)
     want = _dense_reference(query, key, value, sizes, parents)
+    assert bool(taken) == (path == "matmul")
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     weights = torch.randn(got.shape, generator=g)
     grads_got = torch.autograd.grad((got * weights).sum(), (query, key, value))
@@ -186,6 +194,18 @@ def test_buckets_cover_every_segment_once_within_the_padding_budget():
         if len(b) > 1:
             work = sum(shapes[i][0] * shapes[i][1] for i in b)
             assert len(b) * max(shapes[i][0] for i in b) * max(shapes[i][1] for i in b) <= 1.25 * work
+
+
+def test_small_buckets_may_pad_beyond_the_budget_up_to_the_small_limit():
+    shapes = [(15, 15)] + [(q, 15 + q) for q in (3, 8, 4, 6, 8, 3)]
+    assert len(segment_attention.buckets_by_work(shapes)) > 1  # the padding budget splits them
+    limit = 7 * 15 * 23  # every segment padded to the largest query and key
+    assert segment_attention.buckets_by_work(shapes, small=limit) == [[0, 1, 6, 3, 4, 2, 5]]  # by key length
+    buckets = segment_attention.buckets_by_work(shapes, small=limit - 1)
+    assert len(buckets) > 1 and sorted(i for b in buckets for i in b) == list(range(7))
+    for b in buckets:
+        padded = len(b) * max(shapes[i][0] for i in b) * max(shapes[i][1] for i in b)
+        assert padded <= limit - 1 or padded <= 1.25 * sum(shapes[i][0] * shapes[i][1] for i in b)
 
 
 def test_a_parent_must_come_first():

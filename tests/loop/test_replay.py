@@ -146,6 +146,10 @@ def test_weigh_sets_weights_and_anchors_only_replayed_tokens():
     assert batch.advantages.tolist() == pytest.approx([0.707107, -0.707107, 0.707107, 0.707107, -0.707107], abs=1e-5)
     sub = batch.select([3, 0])
     assert sub.extras["is_weights"].tolist() == pytest.approx([1.5, 1.0])
+    assert batch.select(range(batch.num_sequences)) is batch  # every row in order: nothing to re-pack
+    swapped = batch.select([1, 0, 2, 3])
+    assert swapped is not batch and swapped.trajectory_ids[:2] == ["b/1", "b/0"]
+    assert torch.equal(swapped.select([1, 0, 2, 3]).input_ids, batch.input_ids)
 
 
 def test_grpo_loss_multiplies_the_importance_weights():

@@ -29,9 +29,12 @@ def _weights(run_dir, step):
 def test_resume_with_a_replay_buffer_matches_the_uninterrupted_run(tiny_config, tmp_path):
     # Two optimizer steps per training step, so replayed groups are 2-4 policy versions old and
     # their importance weights differ from 1; truncation at 1.0 makes some of them truncate.
+    # Rewarded for replying with a number (any): a random-init policy does in about half of its turns,
+    # so every step's groups differ and the policy really moves (a won game of guess-number is rare
+    # enough at first that whether the first steps update at all hangs on the sampler's rounding).
     config = tiny_config(trainer={"steps": 4, "eval_every": 2, "eval_episodes": 6,
                                   "replay": {"capacity_steps": 2, "replay_ratio": 1.0, "is_truncation": 1.0}},
-                         algorithm={"minibatches": 2})
+                         algorithm={"minibatches": 2}, reward={"name": "format", "pattern": "[0-9]", "turns": "all"})
     Trainer(config, tmp_path / "full").run()
     Trainer(config, tmp_path / "split").run(until_step=2)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "split")] == [2]
@@ -42,6 +45,7 @@ def test_resume_with_a_replay_buffer_matches_the_uninterrupted_run(tiny_config, 
     full, split = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "split")
     assert [r["step"] for r in split] == [0, 1, 2, 3, 4]
     assert _deterministic(split) == _deterministic(full)
+    assert all(r["train/grad_norm"] > 0 for r in full[1:])  # every step moved the policy
     # The buffer was in use after the resume point: replayed groups, weights that are not all 1.
     for record in full[3:]:
         assert record["replay/fraction"] == 0.5
