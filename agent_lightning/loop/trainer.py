@@ -27,9 +27,9 @@ from agent_lightning import progress
 from agent_lightning.config import ConfigError, RunConfig, dump_yaml
 from agent_lightning.loop import checkpoint as ckpt
 from agent_lightning.loop import stopping
-from agent_lightning.loop.heap import frozen_long_lived
 from agent_lightning.loop.batch import check_invariants
 from agent_lightning.loop.env_threads import EnvThreadPool
+from agent_lightning.loop.heap import frozen_long_lived
 from agent_lightning.loop.replay import ReplayBuffer
 from agent_lightning.loop.rollout import EnvPool
 from agent_lightning.loop.sampler import TaskSampler

@@ -387,22 +387,19 @@ def partition_shared_prompts(lengths: Sequence[int], groups: Sequence[int], shar
     if not len(lengths) == len(groups) == len(shared):
         raise ValueError(f"partition_shared_prompts: {len(lengths)} lengths, {len(groups)} groups and "
                          f"{len(shared)} shared lengths; one of each per row")
-    members: dict[int, list[int]] = {}
-    units: list[tuple[list[int], int]] = []  # (rows, cost)
+    units: list[list[int]] = []  # a group's rows, or one row of no group; in first-row order
+    unit_of: dict[int, int] = {}
     for i, group in enumerate(groups):
-        if group >= 0:
-            if group not in members:
-                members[group] = []
-                units.append((members[group], -1))  # cost and chunks filled in below, in first-row order
-            members[group].append(i)
-        else:
-            units.append(([i], int(lengths[i])))
-    costed: list[tuple[list[int], int]] = []
-    for rows, cost in units:
-        if cost >= 0:
-            costed.append((rows, cost))
+        if group < 0:
+            units.append([i])
             continue
-        if len(rows) == 1:
+        if group not in unit_of:
+            unit_of[group] = len(units)
+            units.append([])
+        units[unit_of[group]].append(i)
+    costed: list[tuple[list[int], int]] = []  # (rows, cost)
+    for rows in units:
+        if len(rows) == 1:  # no group, or a group of one: encoded in full
             costed.append((rows, int(lengths[rows[0]])))
             continue
         prompt = min(int(shared[i]) for i in rows)

@@ -191,13 +191,13 @@ class TransformersBackend:
         batch = len(prompts)
         # n samples of one prompt (a group alone in its batch, a benchmark's fixed prompt): the whole
         # prompt is encoded once, at batch 1, and its last logits start every row (no suffix pass).
-        whole = self.share_prefix and batch > 1 and len(prompts[0]) > 0 and all(p == prompts[0] for p in prompts[1:])
-        shared = len(prompts[0]) if whole else shared_prefix_length(prompts) if self.share_prefix and batch > 1 else 0
+        sharing = self.share_prefix and batch > 1
+        whole = sharing and len(prompts[0]) > 0 and all(p == prompts[0] for p in prompts[1:])
+        shared = len(prompts[0]) if whole else (shared_prefix_length(prompts) if sharing else 0)
         suffixes = [p[shared:] for p in prompts]
         ids, mask, positions = self._left_padded(suffixes, offset=shared)
         # Identical prompts (a GRPO group that took the same actions) are encoded once each.
-        distinct = (distinct_rows(suffixes, ids.shape[1])
-                    if self.share_prefix and batch > 1 and self._rows_copyable() else None)
+        distinct = distinct_rows(suffixes, ids.shape[1]) if sharing and self._rows_copyable() else None
         stop_ids = torch.tensor(self.stop_ids, device=self.device)
         out_ids = torch.zeros((batch, max_new_tokens), dtype=torch.long)
         out_lp = torch.zeros((batch, max_new_tokens), dtype=torch.float32)
