@@ -11,6 +11,10 @@ Generation runs to ``--max-new-tokens`` (the stop token is kept out, so both sid
 same number of tokens). The two alternate, repeat by repeat, after an untimed warm-up each;
 medians of wall time per ``generate`` are reported, with the sampled tokens per second.
 
+A third contender, ``counter, forward decode``, turns off the lean decode steps
+(``backend.lean_decode = False``; ``lean_decode.py``): every decoded token then goes through the
+model's ``forward``. The ``lean`` column is its time over ``counter``'s.
+
     python benchmarks/bench_sampling.py                     # tiny (the quickstart's model), smollm2
     python benchmarks/bench_sampling.py --models tiny --repeats 20
 """
@@ -47,12 +51,18 @@ def load_backend(model: dict, device: str, threads: int | None, **options: Any) 
     return backend
 
 
-def one_round(backend: Any, prompts: list, new_tokens: int, noise: str, seed: int) -> tuple[float, int]:
+CONTENDERS = {"generator": ("generator", True), "counter": ("counter", True),
+              "counter, forward decode": ("counter", False)}
+"""name -> (sampling noise, lean decode steps)"""
+
+
+def one_round(backend: Any, prompts: list, new_tokens: int, contender: str, seed: int) -> tuple[float, int]:
     """(seconds, sampled tokens) of one ``generate`` call."""
     import torch
 
     from agent_lightning.types import NoiseKeys
 
+    noise, backend.lean_decode = CONTENDERS[contender]
     seeds = [seed * 1000 + i for i in range(len(prompts))]
     generator = NoiseKeys(tuple(seeds)) if noise == "counter" else [torch.Generator().manual_seed(s) for s in seeds]
     started = time.perf_counter()
@@ -80,25 +90,26 @@ def main() -> None:
         backend = load_backend(model, args.device, args.threads)
         prompt = backend.encode_prompt([{"role": "user", "content": text}])
         prompts = [list(prompt)] * batch
-        times: dict[str, list[float]] = {"generator": [], "counter": []}
+        times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
         tokens: dict[str, int] = {}
-        for noise in times:  # warm-up, untimed
-            one_round(backend, prompts, new_tokens, noise, seed=0)
+        for contender in times:  # warm-up, untimed
+            one_round(backend, prompts, new_tokens, contender, seed=0)
         for r in range(repeats):
-            for noise in times:
-                seconds, count = one_round(backend, prompts, new_tokens, noise, seed=r + 1)
-                times[noise].append(seconds)
-                tokens[noise] = count
-        g, c = median(times["generator"]), median(times["counter"])
-        rows.append([name, f"{batch} x {new_tokens}", f"{g * 1e3:.1f}", f"{c * 1e3:.1f}",
-                     f"{tokens['generator'] / g:.0f}", f"{tokens['counter'] / c:.0f}", f"{g / c:.2f}x"])
+            for contender, spent in times.items():
+                seconds, count = one_round(backend, prompts, new_tokens, contender, seed=r + 1)
+                spent.append(seconds)
+                tokens[contender] = count
+        g, c, f = (median(times[n]) for n in CONTENDERS)
+        rows.append([name, f"{batch} x {new_tokens}", f"{g * 1e3:.1f}", f"{c * 1e3:.1f}", f"{f * 1e3:.1f}",
+                     f"{tokens['generator'] / g:.0f}", f"{tokens['counter'] / c:.0f}", f"{g / c:.2f}x", f"{f / c:.2f}x"])
         results.append({"workload": name, "rows": batch, "new_tokens": new_tokens, "generator_s": times["generator"],
-                        "counter_s": times["counter"], "speedup": g / c})
+                        "counter_s": times["counter"], "counter_forward_decode_s": times["counter, forward decode"],
+                        "speedup": g / c, "lean_speedup": f / c})
     load_after = os.getloadavg()
     print_table(f"backend.generate, temperature 1, medians of {repeats} alternating repeats, torch threads "
                 f"{torch.get_num_threads()}",
-                ["model", "rows x tokens", "generator ms", "counter ms", "generator tok/s", "counter tok/s",
-                 "counter speed-up"], rows)
+                ["model", "rows x tokens", "generator ms", "counter ms", "counter, forward decode ms", "generator tok/s",
+                 "counter tok/s", "counter speed-up", "lean"], rows)
     print("load average (1/5/15 min): before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f} on {} CPUs; {}".format(
         *load_before, *load_after, os.cpu_count(), SHARED_MACHINE_NOTE))
     write_json(args.json, "sampling", args.device, results)

@@ -63,10 +63,12 @@ def _tiny_backend(architecture: str, kv_cache: str):
     from agent_lightning.backends.transformers.backend import TransformersBackend
     from agent_lightning.config import BackendConfig, ModelConfig
 
-    return TransformersBackend(
+    backend = TransformersBackend(
         ModelConfig(preset="tiny", preset_options={"architecture": architecture, "hidden_size": 32,
                                                    "num_layers": 2, "num_heads": 2}),
         BackendConfig(device="cpu", kv_cache=kv_cache), seed=0)
+    backend.lean_decode = False  # these tests count the model's forwards (test_lean_decode.py: lean steps)
+    return backend
 
 
 def _with_and_without_sharing(backend, prompts, max_new_tokens, check_calls):

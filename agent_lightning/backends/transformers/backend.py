@@ -117,6 +117,9 @@ class TransformersBackend:
         # Encode the prompts' common prefix, and each distinct prompt, once per generate call
         # (shared_prefix_length, distinct_rows).
         self.share_prefix = True
+        # One-token decode steps of a plain Llama on the CPU skip the model's forward (lean_decode.py).
+        self.lean_decode = True
+        self._lean_weights: Any = None  # lean_decode.LeanWeights, remade when a weight changes
         self._copyable: bool | None = None
         self._reference: Any = None
         self._sampling_head_weight: Any = None  # (head weight, its version, low-precision copy)
@@ -219,6 +222,13 @@ class TransformersBackend:
                       if self._static_caches is not None else None)
         cache = static
         step_ids, step_pos = ids, positions
+        # Decode steps of a plain Llama on the CPU run from its weights (lean_decode.py), after the prefill.
+        lean, lean_ready = None, None
+        if self.lean_decode and self.autocast is None and self.device.type == "cpu":
+            from agent_lightning.backends.transformers.lean_decode import lean_weights
+            from agent_lightning.backends.transformers.modeling import causal_lm
+
+            lean_ready = self._lean_weights = lean_weights(causal_lm(model), self._lean_weights)
         first_logits = None  # [1, vocab]: the whole shared prompt's next-token logits
         try:
             with torch.inference_mode(), self._compute(), self._sampling_head(model):
@@ -251,8 +261,12 @@ class TransformersBackend:
                     # The prefill of distinct prompts runs on one row each, then is copied to every row.
                     rows = (torch.tensor(distinct[0], device=self.device) if t == 0 and distinct is not None
                             else slice(None))
+                    if lean is None and t > 0 and lean_ready is not None:
+                        lean = self._lean_start(lean_ready, cache, mask, step_pos, max_new_tokens - t)
                     if t == 0 and first_logits is not None:
                         logits = first_logits.expand(batch, -1)
+                    elif lean is not None:
+                        logits = lean.step(step_ids)
                     else:
                         out = model(input_ids=step_ids[rows], attention_mask=mask[rows], position_ids=step_pos[rows],
                                     use_cache=True, logits_to_keep=1, **kwargs)
@@ -298,6 +312,14 @@ class TransformersBackend:
                                "stop" if row_finished[row] else "length"),
             ))
         return results
+
+    def _lean_start(self, weights: Any, cache: Any, mask: Any, positions: Any, steps: int) -> Any:
+        """A ``LeanDecode`` continuing from ``cache`` (``mask [batch, past + 1]``, the next token at
+        ``positions [batch, 1]``), or ``None`` where the cache does not expose its tensors."""
+        from agent_lightning.backends.transformers.lean_decode import LeanDecode, cache_tensors
+
+        past = cache_tensors(cache, mask.shape[1] - 1)
+        return None if past is None else LeanDecode(weights, past, mask, positions, steps)
 
     def _rows_copyable(self) -> bool:
         """Whether this model's dynamic KV cache can have its rows selected and repeated (checked
