@@ -34,6 +34,12 @@ prompt token costs time:
 * ``demonstrations`` — that many worked episodes (one scripted solution per family, in
   order, cycling) as chat turns between the system prompt and the task; their
   observations come from running the actions against a real service on a demo-only state.
+
+Judging option: ``count_needs_listing`` — a counting question (``count_due``,
+``count_open_tag``) is a success only when the episode also fetched exactly the todos it
+counts: a ``GET`` answered ``200`` with a listing of those todos and no other (the filtered
+request the question calls for). A guessed number that happens to be right then earns
+nothing. ``info["listing_fits"]`` (1 or 0, at the end of such an episode) reports it.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ _ANSWER = re.compile(r"^answer\s*:?\s*(?:\"(.*)\"|'(.*)'|(.*))$", re.I)
 _DONE = re.compile(r"^done[.!]?$", re.I)
 _INTEGER = re.compile(r"-?\d+")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TAGGED = re.compile(r"tagged '([^']+)'")
 
 
 def parse_action(action: str) -> tuple[Any, ...] | None:
@@ -205,6 +212,31 @@ def make_tasks(split: str, count: int, families: Sequence[str] = DEFAULT_FAMILIE
     return tasks
 
 
+def counted_todos(reference: Any) -> set[int] | None:
+    """The ids of the todos a counting question counts (``count_due``, ``count_open_tag``), from
+    its goal and initial todos (the predicates ``_make_task`` counted with); ``None`` for every
+    other family."""
+    family, goal, todos = reference["family"], reference["goal"], reference["todos"]
+    if family == "count_open_tag":
+        tag = _TAGGED.search(goal).group(1)
+        return {t["id"] for t in todos if not t["done"] and tag in t["tags"]}
+    if family == "count_due":
+        date = _ISO_DATE.search(goal).group(0)
+        return {t["id"] for t in todos if not t["done"] and t["due"] is not None and t["due"] < date}
+    return None
+
+
+def listed_ids(body: bytes) -> frozenset[int] | None:
+    """The ids of a ``GET /todos`` listing (a JSON array of todos), or ``None`` for any other body."""
+    try:
+        items = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(items, list) or not all(isinstance(t, dict) and isinstance(t.get("id"), int) for t in items):
+        return None
+    return frozenset(t["id"] for t in items)
+
+
 def judge(reference: Any, state: list[dict[str, Any]], answer: str | None) -> bool:
     """Whether the final service ``state`` (and ``answer``) meet the task's goal."""
     expected_answer = reference.get("answer")
@@ -239,7 +271,8 @@ class ApiEnv:
 
     def __init__(self, max_turns: int = 10, num_train: int = 70, num_eval: int = 28,
                  request_timeout_s: float = 5.0, max_body_chars: int = 2000,
-                 families: Sequence[str] | None = None, spec: str = "openapi", demonstrations: int = 0):
+                 families: Sequence[str] | None = None, spec: str = "openapi", demonstrations: int = 0,
+                 count_needs_listing: bool = False):
         if max_turns < 1:
             raise ValueError(f"environment.max_turns must be >= 1, got {max_turns}")
         if num_train < 1 or num_eval < 1:
@@ -255,6 +288,8 @@ class ApiEnv:
         self.families = check_names("families", families, FAMILIES) if families is not None else DEFAULT_FAMILIES
         self.spec = spec
         self.demonstrations = demonstrations
+        self.count_needs_listing = count_needs_listing
+        self._listings: list[frozenset[int]] = []  # the ids of every 200 listing this episode fetched
         self._demos: list[tuple[Task, tuple[Message, ...]]] | None = None
         self._server: Any = None
         self._task: Task | None = None
@@ -308,7 +343,7 @@ class ApiEnv:
 
             self._server = TodoService()
         self._server.reset_state(task.reference["todos"])
-        self._task, self._turn = task, 0
+        self._task, self._turn, self._listings = task, 0, []
         return Observation(tuple(task.prompt))
 
     def step(self, action: str) -> StepResult:
@@ -334,6 +369,11 @@ class ApiEnv:
 
     def _finish(self, answer: str | None, info: dict[str, Any]) -> StepResult:
         success = judge(self._task.reference, self._server.snapshot(), answer)
+        counted = counted_todos(self._task.reference) if self.count_needs_listing else None
+        if counted is not None:
+            fits = counted in self._listings
+            info["listing_fits"] = int(fits)
+            success = success and fits
         info["success"] = success
         return StepResult(None, reward=1.0 if success else 0.0, done=True, info=info)
 
@@ -358,6 +398,8 @@ class ApiEnv:
         finally:
             conn.close()
         info["http_errors"] = int(status >= 400)
+        if self.count_needs_listing and method == "GET" and status == 200 and (ids := listed_ids(data)) is not None:
+            self._listings.append(ids)
         text = data.decode("utf-8", "replace")
         if len(text) > self.max_body_chars:
             text = f"{text[:self.max_body_chars]}... ({len(text) - self.max_body_chars} more characters)"

@@ -55,6 +55,7 @@ def test_smollm2_api_asks_counting_questions_with_two_worked_examples_and_a_brie
         assert re.fullmatch(r"GET /todos\?done=false&tag=\w+", actions[0]) and re.fullmatch(r'answer "\d+"', actions[1])
         assert re.fullmatch(r"GET /todos\?done=false&due_before=2026-03-0\d", actions[2])
         assert config.sampling.stop == ["\n"] and config.trainer.time_limit_s < 30 * 60
+        assert env.count_needs_listing  # a guessed count that happens to be right earns nothing
     finally:
         env.close()
 

@@ -204,3 +204,51 @@ def test_an_episode_with_a_worked_example_succeeds_through_the_real_service():
         assert env.step("done").reward == 0.0
     finally:
         env.close()
+
+
+def test_counted_todos_are_the_ones_the_answer_counts():
+    from agent_lightning.envs.api import counted_todos
+
+    tasks = ApiEnv(families=["count_due", "count_open_tag", "rename"], num_eval=30).tasks("eval")
+    for task in tasks:
+        counted = counted_todos(task.reference)
+        if task.reference["family"] == "rename":
+            assert counted is None
+        else:
+            assert len(counted) == task.reference["answer"] > 0
+            assert counted <= {t["id"] for t in task.reference["todos"] if not t["done"]}
+
+
+@pytest.mark.parametrize("family, request_for", [
+    ("count_open_tag", lambda goal: "GET /todos?done=false&tag=" + re.search(r"tagged '(\w+)'", goal).group(1)),
+    ("count_due", lambda goal: "GET /todos?done=false&due_before=" + re.search(r"\((\S+)\)", goal).group(1)),
+])
+def test_count_needs_listing_pays_a_right_count_only_after_fetching_exactly_the_counted_todos(family, request_for):
+    """Through the real service: the right count after the filtered listing succeeds; the same
+    count after the whole listing, after a listing without the filter, or with no request fails
+    (each a right number that reading the listing did not give); without the option all pass."""
+    strict, lenient = ApiEnv(families=[family], count_needs_listing=True), ApiEnv(families=[family])
+    try:
+        task = strict.tasks("eval")[0]
+        count, goal = task.reference["answer"], task.reference["goal"]
+        fitting = request_for(goal)
+        unfiltered = fitting.split("?")[0] + "?" + fitting.split("&")[1]  # the tag or date filter alone
+        for env in (strict, lenient):
+            cases = {(fitting,): True, ("GET /todos",): False, (unfiltered,): False, (): False,
+                     ("GET /todos", fitting, "GET /todos?done=true"): True}
+            for requests, fits in cases.items():
+                env.reset(task)
+                for request in requests:
+                    assert env.step(request).observation.messages[0]["content"].startswith("HTTP 200 OK")
+                result = env.step(f'answer "{count}"')
+                if env is strict:
+                    assert result.info["listing_fits"] == int(fits), requests
+                    assert result.info["success"] is fits and result.reward == float(fits), requests
+                else:
+                    assert "listing_fits" not in result.info and result.info["success"], requests
+            env.reset(task)
+            env.step(fitting)
+            assert not env.step(f'answer "{count + 1}"').info["success"]  # the listing alone is not the answer
+    finally:
+        strict.close()
+        lenient.close()

@@ -172,6 +172,8 @@ def cache_tensors(cache: Any, length: int) -> list[tuple[torch.Tensor, torch.Ten
     """Every layer's ``(keys, values)`` ``[batch or 1, kv_heads, length, head_dim]`` from a
     transformers cache (its first ``length`` positions), or ``None`` when its layers do not
     expose them (another cache type)."""
+    from transformers.cache_utils import DynamicLayer
+
     layers = getattr(cache, "layers", None)
     if not layers:
         return None
@@ -180,7 +182,7 @@ def cache_tensors(cache: Any, length: int) -> list[tuple[torch.Tensor, torch.Ten
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
         if keys is None or values is None or keys.dim() != 4 or keys.shape[2] < length:
             return None
-        if type(layer).__name__ == "DynamicLayer" and keys.shape[2] != length:
+        if type(layer) is DynamicLayer and keys.shape[2] != length:
             return None  # a dynamic layer holds exactly what was encoded
         pairs.append((keys[:, :, :length], values[:, :, :length]))
     return pairs
@@ -224,7 +226,7 @@ class LeanDecode:
             self.bias[:, 0, 0, :width].masked_fill_(mask == 0, float("-inf"))
         # cos, sin [batch, steps, head_dim] for every position this call can reach, at once
         ahead = positions + torch.arange(steps)[None, :]
-        self.cos, self.sin = weights.rotary(weights.head, ahead)
+        self.cos, self.sin = weights.rotary(weights.head, ahead)  # its first argument gives only dtype and device
         self.step_index = 0
 
     def step(self, ids: torch.Tensor) -> torch.Tensor:
