@@ -54,19 +54,32 @@ def _processes() -> dict[int, tuple[int, str, str, str]]:
     return out
 
 
+ZOMBIE_GRACE_S = 3.0
+"""A zombie is a process that has exited and waits for its parent's ``wait``: it counts as left
+behind only if nobody reaps it within this time. A process of another sandbox that is exiting
+at the moment /proc is read (a concurrent test worker's) is a zombie for that instant, and an
+orphan is reaped by whatever pid 1 is, when it gets to it. A running leftover fails at once."""
+
+
 def _leftovers(result, before: dict) -> list[str]:
-    """Processes this run left behind: any of its uid, any new zombie of the tools involved.
+    """Processes this run left behind: any of its uid, any new zombie of the tools involved
+    that stays unreaped for ``ZOMBIE_GRACE_S``.
 
     Scoped to this run (not every sandbox uid) so that sandboxes run by a concurrent test
     session on the same machine are not mistaken for ours.
     """
-    found = []
-    for pid, (uid, name, state, cmdline) in _processes().items():
-        ours = result.uid is not None and uid == result.uid
-        new_zombie = state.startswith("Z") and name in ("bwrap", "unshare", "python3", "python3.11") and pid not in before
-        if ours or new_zombie:
-            found.append(f"pid {pid} uid {uid} {name} {state} {cmdline[:80]!r}")
-    return found
+    deadline = time.monotonic() + ZOMBIE_GRACE_S
+    while True:
+        found = []
+        for pid, (uid, name, state, cmdline) in _processes().items():
+            ours = result.uid is not None and uid == result.uid
+            new_zombie = (state.startswith("Z") and name in ("bwrap", "unshare", "python3", "python3.11")
+                          and pid not in before)
+            if ours or new_zombie:
+                found.append((state, f"pid {pid} uid {uid} {name} {state} {cmdline[:80]!r}"))
+        if not found or any(not state.startswith("Z") for state, _ in found) or time.monotonic() > deadline:
+            return [line for _, line in found]
+        time.sleep(0.05)
 
 
 def _run(source: str, backend: str, **kw):
