@@ -119,6 +119,14 @@ def _todos(rng: random.Random) -> list[dict[str, Any]]:
             for i, t in enumerate(titles)]
 
 
+def _open_tagged(todo: dict[str, Any], tag: str) -> bool:
+    return not todo["done"] and tag in todo["tags"]
+
+
+def _open_due_before(todo: dict[str, Any], date: str) -> bool:
+    return not todo["done"] and todo["due"] is not None and todo["due"] < date
+
+
 def _make_task(family: str, rng: random.Random) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
     """``(goal, initial todos, check)``; ``check`` holds the expected final state or answer."""
     while True:  # redraw until the goal is not trivially met by doing nothing
@@ -147,18 +155,17 @@ def _make_task(family: str, rng: random.Random) -> tuple[str, list[dict[str, Any
             goal = f"Rename the todo '{targets[0]['title']}' to '{new}'."
             targets[0]["title"] = new
         elif family == "raise_priority":
-            targets = [t for t in expected if not t["done"] and t["due"] is not None and t["due"] < date
-                       and t["priority"] != "high"]
+            targets = [t for t in expected if _open_due_before(t, date) and t["priority"] != "high"]
             goal = f"Set the priority of every open todo due before {day} ({date}) to high."
             for t in targets:
                 t["priority"] = "high"
         elif family == "count_due":
-            n = sum(1 for t in todos if not t["done"] and t["due"] is not None and t["due"] < date)
+            n = sum(1 for t in todos if _open_due_before(t, date))
             targets = [n] if n else []
             goal = f"How many open todos are due before {day} ({date})? Answer with the number."
             check["answer"] = n
         elif family == "count_open_tag":
-            n = sum(1 for t in todos if not t["done"] and tag in t["tags"])
+            n = sum(1 for t in todos if _open_tagged(t, tag))
             targets = [n] if n else []
             goal = f"How many open todos are tagged '{tag}'? Answer with the number."
             check["answer"] = n
@@ -214,15 +221,15 @@ def make_tasks(split: str, count: int, families: Sequence[str] = DEFAULT_FAMILIE
 
 def counted_todos(reference: Any) -> set[int] | None:
     """The ids of the todos a counting question counts (``count_due``, ``count_open_tag``), from
-    its goal and initial todos (the predicates ``_make_task`` counted with); ``None`` for every
+    its goal and initial todos (with the predicates ``_make_task`` counts with); ``None`` for every
     other family."""
     family, goal, todos = reference["family"], reference["goal"], reference["todos"]
     if family == "count_open_tag":
         tag = _TAGGED.search(goal).group(1)
-        return {t["id"] for t in todos if not t["done"] and tag in t["tags"]}
+        return {t["id"] for t in todos if _open_tagged(t, tag)}
     if family == "count_due":
         date = _ISO_DATE.search(goal).group(0)
-        return {t["id"] for t in todos if not t["done"] and t["due"] is not None and t["due"] < date}
+        return {t["id"] for t in todos if _open_due_before(t, date)}
     return None
 
 

@@ -37,7 +37,7 @@ def _prompt_sets(backend):
     }
 
 
-def _generate(backend, prompts, lean: bool, temperature: float, steps: list) -> list:
+def _generate(backend, prompts, lean: bool, temperature: float) -> list:
     backend.lean_decode = lean
     return backend.generate(prompts, temperature=temperature, max_new_tokens=7,
                             generator=NoiseKeys(tuple(range(len(prompts)))))
@@ -66,9 +66,9 @@ def test_lean_steps_sample_what_the_forward_samples(kv_cache, share_prefix, opti
     for name, prompts in _prompt_sets(backend).items():
         for temperature in (0.0, 1.0):
             lean_steps.clear()
-            lean = _generate(backend, prompts, True, temperature, lean_steps)
+            lean = _generate(backend, prompts, True, temperature)
             taken = list(lean_steps)
-            plain = _generate(backend, prompts, False, temperature, lean_steps)
+            plain = _generate(backend, prompts, False, temperature)
             assert lean_steps == taken  # the forward path took no lean step
             longest = max(len(g.token_ids) for g in lean)
             assert taken == [len(prompts)] * (longest - 1), name  # every step after the prefill
@@ -130,9 +130,9 @@ def test_fused_weights_are_kept_until_a_weight_changes_and_separate_ones_give_th
     separate = lean_decode.lean_weights(lm)
     assert len(separate.layers[0].qkv) == 3 and len(separate.layers[0].gate_up) == 2
     prompts = _prompt_sets(backend)["shared prefix, padded suffixes"]
-    fused = _generate(backend, prompts, True, 1.0, [])
+    fused = _generate(backend, prompts, True, 1.0)
     backend._lean_weights = None
-    unfused = _generate(backend, prompts, True, 1.0, [])
+    unfused = _generate(backend, prompts, True, 1.0)
     assert isinstance(backend._lean_weights.layers[0].qkv, tuple) and len(backend._lean_weights.layers[0].qkv) == 3
     for a, b in zip(fused, unfused, strict=True):
         assert a.token_ids == b.token_ids and b.logprobs == pytest.approx(a.logprobs, abs=1e-5)
@@ -151,10 +151,10 @@ def test_merged_lora_sampling_takes_lean_steps_and_samples_what_the_adapter_samp
                     a.add_(step)
                     b.add_(step)
         lean_steps.clear()
-        got = _generate(merged, prompts, True, 1.0, lean_steps)
+        got = _generate(merged, prompts, True, 1.0)
         assert lean_steps  # the merged copy decoded lean
         lean_steps.clear()
-        expected = _generate(plain, prompts, True, 1.0, lean_steps)
+        expected = _generate(plain, prompts, True, 1.0)
         assert not lean_steps  # the unmerged adapter runs through the forward
         for a, b in zip(expected, got, strict=True):
             assert a.token_ids == b.token_ids and b.logprobs == pytest.approx(a.logprobs, abs=1e-4)

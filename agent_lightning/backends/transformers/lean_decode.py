@@ -13,8 +13,9 @@ quickstart's 2-layer model (128 rows, 64 wide), that work is about 40 % of a ste
 * the rotary embedding is computed once per reply for all of its positions, by the model's
   own rotary module, so any rope scaling the config asks for is applied;
 * keys and values go into buffers allocated once for the whole reply, written in place;
-* attention is two batched matmuls over the written part of the buffers, with the padding mask
-  built once.
+* attention is the CPU decode-step attention the model's ``forward`` uses too
+  (``modeling._decode_step_attention``: two batched matmuls) over the written part of the
+  buffers, with the padding mask built once.
 
 The math is the model's own, and the results are the same as its ``forward``, within float
 rounding; tests compare the two. :func:`lean_weights` returns ``None`` for anything else, and
@@ -234,6 +235,10 @@ class LeanDecode:
         ``[batch, vocab]`` (float32), as ``model(...).logits[:, -1]`` would."""
         import torch
 
+        from agent_lightning.backends.transformers.modeling import (
+            _decode_step_attention,
+        )
+
         F = torch.nn.functional
         w, batch, n, t = self.w, self.batch, self.length, self.step_index
         heads, kv_heads, dim = w.heads, w.kv_heads, w.head_dim
@@ -251,14 +256,8 @@ class LeanDecode:
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), dim=-1) * sin
             self.keys[i][:, :, n:n + 1] = qk[:, heads:]
             self.values[i][:, :, n:n + 1] = qkv[..., (heads + kv_heads) * dim:].view(batch, 1, kv_heads, dim).transpose(1, 2)
-            keys, values = self.keys[i][:, :, :n + 1], self.values[i][:, :, :n + 1]
-            # grouped-query heads share their key head: [batch, kv_heads, heads / kv_heads, dim]
-            q = qk[:, :heads].reshape(batch, kv_heads, heads // kv_heads, dim)
-            scores = torch.matmul(q, keys.transpose(2, 3)).float() * w.scaling
-            if bias is not None:
-                scores = scores + bias
-            probs = torch.softmax(scores, dim=-1).to(values.dtype)
-            attended = torch.matmul(probs, values).reshape(batch, 1, heads * dim)
+            attended = _decode_step_attention(qk[:, :heads], self.keys[i][:, :, :n + 1], self.values[i][:, :, :n + 1],
+                                              bias, w.scaling).reshape(batch, 1, heads * dim)
             x = x + F.linear(attended, layer.out)
             gate, up = _project(_rms_norm(x, layer.post_norm, w.eps), layer.gate_up).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, layer.down)
