@@ -27,6 +27,9 @@ then assistant actions and the pages they led to, played on a real server once p
 instance — and drops those goals from the tasks. Pages are short (160-390 characters),
 so ``max_page_chars`` never truncates them. A grounded ``lightest`` answer takes 18 actions
 (weights show only on product pages), more than the default ``max_turns``.
+``type_submits`` makes ``type N "text"`` also submit the field's form, as pressing Enter
+after typing does (WebArena's ``type`` presses Enter unless told not to): a search is one
+action instead of two, and typing a quantity adds it to the cart.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ SYSTEM_PROMPT = (
     "type N \"text\"      write text into field N (then click a button to submit)\n"
     "back               go to the previous page\n"
     "answer \"text\"      finish, giving your answer (\"done\" for tasks that only change the cart)")
+SYSTEM_PROMPT_TYPE_SUBMITS = SYSTEM_PROMPT.replace("(then click a button to submit)", "and submit it (like pressing Enter)")
+"""The system prompt when ``type_submits`` is on: typing submits its form."""
 
 _ACTIONS = [
     ("click", re.compile(r"^click\s*\[?(\d+)\]?$", re.I)),
@@ -206,7 +211,7 @@ class WebEnv:
     description = "browse a real local shop website over HTTP: click, type, back, answer (multi-turn)"
 
     def __init__(self, max_turns: int = 12, request_timeout_s: float = 5.0, max_page_chars: int = 4000,
-                 kinds: Sequence[str] | None = None, demonstrations: int = 0):
+                 kinds: Sequence[str] | None = None, demonstrations: int = 0, type_submits: bool = False):
         if max_turns < 1:
             raise ValueError(f"environment.max_turns must be >= 1, got {max_turns}")
         if demonstrations < 0:
@@ -216,6 +221,9 @@ class WebEnv:
         self.max_page_chars = max_page_chars
         self.kinds = tuple(dict.fromkeys(check_names("kinds", kinds, KINDS))) if kinds is not None else KINDS
         self.demonstrations = demonstrations
+        if not isinstance(type_submits, bool):
+            raise ValueError(f"environment.type_submits must be true or false, got {type_submits!r}")
+        self.type_submits = type_submits
         self._demos: tuple[tuple[Message, ...], frozenset[str]] | None = None
         self._server: Any = None
         self._task: Task | None = None
@@ -231,7 +239,8 @@ class WebEnv:
     def tasks(self, split: str) -> list[Task]:
         check_split("web", split)
         turns, shown = self.demonstration_turns()
-        return [_task(g, split, turns) for g in goals()
+        system = SYSTEM_PROMPT_TYPE_SUBMITS if self.type_submits else SYSTEM_PROMPT
+        return [_task(g, split, turns, system) for g in goals()
                 if goal_split(g["id"]) == split and g["kind"] in self.kinds and g["id"] not in shown]
 
     def demonstration_turns(self) -> tuple[tuple[Message, ...], frozenset[str]]:
@@ -247,10 +256,12 @@ class WebEnv:
             from agent_lightning.envs import web_demos
 
             train = [g for g in goals() if g["kind"] in self.kinds and goal_split(g["id"]) == "train"]
-            chosen = web_demos.pick_goals(self.kinds, self.demonstrations, train)
-            player = WebEnv(max_turns=100, request_timeout_s=self.request_timeout_s, max_page_chars=self.max_page_chars)
+            chosen = web_demos.pick_goals(self.kinds, self.demonstrations, train, type_submits=self.type_submits)
+            player = WebEnv(max_turns=100, request_timeout_s=self.request_timeout_s, max_page_chars=self.max_page_chars,
+                            type_submits=self.type_submits)
             try:
-                turns = [m for g in chosen for m in web_demos.play(player, _task(g, "train", ()), web_demos.plan(g))]
+                turns = [m for g in chosen for m in web_demos.play(
+                    player, _task(g, "train", ()), web_demos.plan(g, type_submits=self.type_submits))]
             finally:
                 player.close()
             self._demos = (tuple(turns), frozenset(g["id"] for g in chosen))
@@ -316,13 +327,18 @@ class WebEnv:
                 return f"[{parsed[1]}] is a {el.kind}, not a text field."
             # lone surrogates cannot be UTF-8 encoded: urlencode raised when the form was submitted
             el.value = parsed[2].encode("utf-8", "replace").decode("utf-8")
-            return f"Typed into [{parsed[1]}]."
+            return self._submit(el.form, info) if self.type_submits else f"Typed into [{parsed[1]}]."
         if el.kind == "link":
             return self._navigate("GET", urljoin(page.url, el.href), None, info)
         if el.kind == "field":
             info["invalid_actions"] = 1
             return f"[{parsed[1]}] is a text field; use type {parsed[1]} \"text\"."
-        form = page.forms[el.form]
+        return self._submit(el.form, info)
+
+    def _submit(self, form_index: int, info: dict[str, Any]) -> str:
+        """Submit form ``form_index`` of the current page with its fields' current values."""
+        page = self._page
+        form = page.forms[form_index]
         values = list(form.hidden) + [(page.elements[i].name, page.elements[i].value) for i in form.fields]
         target = urljoin(page.url, form.action or page.url)
         if form.method == "post":
@@ -405,8 +421,8 @@ class WebEnv:
         return norm == expected or norm == "the " + expected
 
 
-def _task(goal: dict[str, Any], split: str, demonstrations: tuple[Message, ...]) -> Task:
-    return Task(id=goal["id"], prompt=({"role": "system", "content": SYSTEM_PROMPT}, *demonstrations,
+def _task(goal: dict[str, Any], split: str, demonstrations: tuple[Message, ...], system: str = SYSTEM_PROMPT) -> Task:
+    return Task(id=goal["id"], prompt=({"role": "system", "content": system}, *demonstrations,
                                        {"role": "user", "content": f"Goal: {goal['goal']}"}),
                 reference=goal["reference"], split=split)
 

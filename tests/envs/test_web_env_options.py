@@ -1,4 +1,4 @@
-"""The web environment's options for small models: ``kinds`` and ``demonstrations``."""
+"""The web environment's options for small models: ``kinds``, ``demonstrations`` and ``type_submits``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ import pytest
 
 from agent_lightning.envs import web_demos
 from agent_lightning.envs.data.web_goals import KINDS, goal_split, goals
-from agent_lightning.envs.web import SYSTEM_PROMPT, WebEnv, _task
+from agent_lightning.envs.web import (
+    SYSTEM_PROMPT,
+    SYSTEM_PROMPT_TYPE_SUBMITS,
+    WebEnv,
+    _task,
+)
 
 # sha256 of every task (id, prompt, reference, split) as listed before the options existed
 _DIGESTS = {"train": (104, "9244f5bd8b9fb36bda855fb99806647bd8ca57476170e89c33465fff05d945e1"),
@@ -27,7 +32,8 @@ def _kind(task_id: str) -> str:
     return next(g["kind"] for g in goals() if g["id"] == task_id)
 
 
-@pytest.mark.parametrize("options", [{}, {"kinds": None, "demonstrations": 0}, {"kinds": list(KINDS)}])
+@pytest.mark.parametrize("options", [{}, {"kinds": None, "demonstrations": 0}, {"kinds": list(KINDS)},
+                                     {"type_submits": False}])
 def test_defaults_list_exactly_todays_tasks(options):
     env = WebEnv(**options)
     for split, expected in _DIGESTS.items():
@@ -50,6 +56,7 @@ def test_kinds_keep_only_those_goals_in_both_splits():
     ({"kinds": ["colour"]}, ["environment.kinds", "'colour'", "cheapest", "lightest"]),
     ({"kinds": []}, ["environment.kinds"]),
     ({"demonstrations": -1}, ["environment.demonstrations", "-1"]),
+    ({"type_submits": "false"}, ["environment.type_submits", "'false'"]),
 ])
 def test_bad_options_raise_naming_the_option(options, words):
     with pytest.raises(ValueError) as err:
@@ -179,3 +186,78 @@ def test_color_episode_with_one_demonstration_end_to_end():
         assert wrong.done and wrong.reward == 0.0
     finally:
         env.close()
+
+
+def _page(result) -> str:
+    return result.observation.messages[0]["content"]
+
+
+def test_type_submits_searches_in_one_action_and_adds_a_typed_quantity_to_the_cart():
+    goal = next(g for g in goals() if g["id"] == "buy-5-bac04")  # Voyager Backpack, 5 units
+    env = WebEnv(kinds=["buy"], type_submits=True)
+    try:
+        task = _task(goal, "train", (), SYSTEM_PROMPT_TYPE_SUBMITS)
+        env.reset(task)
+        first = env.step('type 9 "Voyager Backpack"')
+        assert first.info["http_requests"] == 1 and first.info["invalid_actions"] == 0
+        page = _page(first)
+        assert page.startswith("URL: /search?q=Voyager+Backpack\n# Search results for 'voyager backpack'")
+        assert "Typed into" not in page and "- [1] Voyager Backpack - $" in page
+        page = _page(env.step("click 1"))
+        assert page.startswith("URL: /product/bac04\n# Voyager Backpack")
+        field = re.search(r'\[(\d+)\] \(text field "qty"', page).group(1)
+        added = env.step(f'type {field} "5"')  # POSTs the add-to-cart form, as Enter would
+        assert added.info["http_requests"] >= 1 and "Cart (5 items)" in _page(added)
+        assert env.cart() == {"bac04": 5}
+        done = env.step('answer "done"')
+        assert done.done and done.reward == 1.0
+        # still an error to type into a link, with or without submitting
+        env.reset(task)
+        wrong = env.step('type 1 "x"')
+        assert wrong.info["invalid_actions"] == 1 and "is a link, not a text field" in _page(wrong)
+    finally:
+        env.close()
+    plain = WebEnv(kinds=["buy"])
+    try:
+        plain.reset(_task(goal, "train", ()))
+        typed = plain.step('type 9 "Voyager Backpack"')
+        assert typed.info["http_requests"] == 0 and _page(typed).startswith("Typed into [9].\nURL: /\n")
+    finally:
+        plain.close()
+
+
+def test_type_submits_tells_the_model_and_its_demonstrations_search_in_one_action():
+    env = WebEnv(kinds=["color"], demonstrations=2, type_submits=True)
+    try:
+        tasks = env.tasks("train") + env.tasks("eval")
+        assert all(t.prompt[0] == {"role": "system", "content": SYSTEM_PROMPT_TYPE_SUBMITS} for t in tasks)
+        assert "and submit it (like pressing Enter)" in SYSTEM_PROMPT_TYPE_SUBMITS
+        assert "(then click a button to submit)" not in SYSTEM_PROMPT_TYPE_SUBMITS
+        episodes = _episodes(tasks[0].prompt)
+        assert len(episodes) == 2 and len(tasks) == 36 + 10
+        for turns in episodes:  # every colour route is the same 3 actions: search, open the hit, answer
+            name = re.match(r"Goal: What color is the (.+)\? Answer", turns[0]["content"]).group(1)
+            actions = [m["content"] for m in turns[1::2]]
+            assert actions[:2] == [f'type 9 "{name}"', "click 1"] and re.fullmatch(r'answer "\w+"', actions[2])
+            color = re.search(r"^Color: (\w+)$", turns[-2]["content"], re.M).group(1)
+            assert actions[2] == f'answer "{color}"'
+        assert env.demonstration_turns()[1].isdisjoint(t.id for t in tasks)
+    finally:
+        env.close()
+
+
+def test_every_goals_route_with_type_submits_succeeds_with_one_action_less_per_search():
+    player = WebEnv(max_turns=100, type_submits=True)
+    try:
+        for goal in goals():
+            plain, steps = web_demos.plan(goal), web_demos.plan(goal, type_submits=True)
+            turns = web_demos.play(player, _task(goal, "train", ()), steps)  # raises unless reward 1
+            assert len(turns) == 2 * len(steps)
+            assert not any(a[0] == "type" and b[:1] == ("click",) and b[1].startswith("(button: ")
+                           for a, b in zip(steps, steps[1:]))
+            if goal["kind"] == "color":
+                assert len(steps) == 3 and steps[0][0] == "type"
+            else:  # each type + button click became one type
+                assert len(steps) == len(plain) - sum(a[0] == "type" for a in plain)
+    finally:
+        player.close()
