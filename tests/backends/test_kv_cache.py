@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agent_lightning.backends.transformers import kv_cache
 from agent_lightning.backends.transformers.kv_cache import LENGTH_QUANTUM, StaticKVCaches, fill_prefix
 from agent_lightning.backends.transformers.tiny import ARCHITECTURES
 from agent_lightning.types import NoiseKeys
@@ -72,6 +73,26 @@ def test_buffers_are_reused_grown_and_kept_per_batch_size():
     assert other is not grown and caches.acquire(3, 20) is grown
     caches.clear()
     assert caches.acquire(3, 20) is not grown
+
+
+def test_kept_caches_stay_under_the_byte_budget(monkeypatch):
+    backend = _backend("static")
+    prompts = _prompts(backend)
+    caches = backend._static_caches
+    for batch in (5, 4, 3):  # one cache per batch size, each filled by a real generate
+        backend.generate(prompts[:batch], temperature=1.0, max_new_tokens=4, generator=NoiseKeys(tuple(range(batch))))
+    assert list(caches._caches) == [5, 4, 3]
+    sizes = {b: kv_cache._nbytes(c) for b, (_, c) in caches._caches.items()}
+    # 2 layers x (keys, values) x [rows, kv_heads, 64 positions, head_dim] float32
+    layer = caches._caches[5][1].layers[0]
+    assert sizes[5] == 2 * 2 * layer.keys.numel() * 4 and layer.keys.shape[0] == 5
+    assert caches.kept_bytes() == sizes[5] + sizes[4]
+    monkeypatch.setattr(kv_cache, "MAX_KEPT_BYTES", sizes[4] + sizes[3])
+    backend.generate(prompts[:2], temperature=1.0, max_new_tokens=4, generator=NoiseKeys((0, 1)))
+    assert list(caches._caches) == [4, 3, 2]  # the least recently used went first
+    monkeypatch.setattr(kv_cache, "MAX_KEPT_BYTES", 0)
+    backend.generate(prompts[:4], temperature=1.0, max_new_tokens=4, generator=NoiseKeys((0, 1, 2, 3)))
+    assert list(caches._caches) == [4] and caches.kept_bytes() == 0  # the cache in use is always kept
 
 
 def test_a_reused_cache_carries_nothing_from_the_last_call():

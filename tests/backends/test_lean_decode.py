@@ -77,6 +77,32 @@ def test_lean_steps_sample_what_the_forward_samples(kv_cache, share_prefix, opti
                 assert b.logprobs == pytest.approx(a.logprobs, abs=1e-5), name
 
 
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_a_static_cache_is_decoded_into_in_place_and_a_dynamic_one_is_copied(share_prefix, monkeypatch):
+    started = []
+    original = lean_decode.LeanDecode.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(lean_decode.LeanDecode, "__init__", init)
+    for kv_cache in ("static", "dynamic"):
+        backend = _backend(kv_cache)
+        backend.share_prefix = share_prefix
+        prompts = _prompt_sets(backend)["shared prefix, padded suffixes"]
+        started.clear()
+        _generate(backend, prompts, True, 1.0)
+        (lean,) = started
+        if kv_cache == "dynamic":
+            assert not lean.in_place
+            continue
+        (_, static), = backend._static_caches._caches.values()
+        assert lean.in_place  # the static buffers themselves: no copy of the prompt's keys
+        for mine, layer in zip(lean.keys + lean.values, [*static.layers, *static.layers], strict=True):
+            assert mine.data_ptr() in (layer.keys.data_ptr(), layer.values.data_ptr())
+
+
 def test_lean_logits_equal_the_forward_logits_over_many_steps():
     """A direct comparison, step by step: left-padded rows, 20 decoded tokens."""
     backend = _backend(num_heads=4, num_kv_heads=2)

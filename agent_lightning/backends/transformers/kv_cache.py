@@ -11,7 +11,8 @@ get zero weight).
 :class:`StaticKVCaches` keeps one such cache per batch size and hands it back, reset, to the
 next ``generate`` whose prompt width plus ``max_new_tokens`` fits in it; a larger request
 allocates a larger one (lengths rounded up to :data:`LENGTH_QUANTUM`, so steps whose prompt
-widths differ by a few tokens share a buffer). A shared prompt prefix encoded once at batch 1
+widths differ by a few tokens share a buffer). At most :data:`MAX_CACHES` batch sizes and
+:data:`MAX_KEPT_BYTES` of buffers besides the one in use are kept. A shared prompt prefix encoded once at batch 1
 is written into every row of the static buffers (:func:`fill_prefix`); prompts encoded once per
 distinct prompt are written row by row (:func:`fill_rows`).
 
@@ -27,6 +28,13 @@ LENGTH_QUANTUM = 64
 """Static cache lengths are multiples of this many positions."""
 MAX_CACHES = 4
 """Batch sizes kept at once; the least recently used is dropped beyond it."""
+MAX_KEPT_BYTES = 4 << 30
+"""Bytes of buffers kept for other batch sizes besides the cache in use; the least recently
+used are dropped beyond it. Rollouts of a few groups stay under it (SmolLM2-135M, 16 rows of
+1,216 positions: 0.9 GB a cache), while an evaluation that plays 80 episodes at once (4.5 GB a
+cache, one batch size per turn as episodes end) no longer keeps one per turn: three turns of
+the smollm2-web evaluation (80, 78, 76 rows) peaked at 18.8 GB of RSS before this budget and
+lean decoding into the static buffers, 10.8 GB after."""
 
 
 def _round_up(n: int, quantum: int = LENGTH_QUANTUM) -> int:
@@ -59,13 +67,23 @@ class StaticKVCaches:
         else:
             cache.reset()  # zeroes the buffers too: nothing of the last call can reach this one
         self._caches[batch] = (capacity, cache)
-        while len(self._caches) > MAX_CACHES:
+        while len(self._caches) > 1 and (len(self._caches) > MAX_CACHES or self.kept_bytes() > MAX_KEPT_BYTES):
             self._caches.pop(next(iter(self._caches)))
         return cache
+
+    def kept_bytes(self) -> int:
+        """Bytes of the buffers of every cache but the most recently acquired one."""
+        return sum(_nbytes(cache) for _, cache in list(self._caches.values())[:-1])
 
     def clear(self) -> None:
         """Drop every cache (frees its buffers)."""
         self._caches.clear()
+
+
+def _nbytes(cache: Any) -> int:
+    """Bytes held by a cache's key and value buffers (a layer allocates them on first use)."""
+    tensors = [getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values")]
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def _static_supported(config: Any) -> bool:

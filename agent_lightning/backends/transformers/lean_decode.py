@@ -12,7 +12,8 @@ quickstart's 2-layer model (128 rows, 64 wide), that work is about 40 % of a ste
   :func:`lean_weights`);
 * the rotary embedding is computed once per reply for all of its positions, by the model's
   own rotary module, so any rope scaling the config asks for is applied;
-* keys and values go into buffers allocated once for the whole reply, written in place;
+* keys and values go into buffers allocated once for the whole reply, written in place (a
+  static KV cache's own buffers, where the prefill used one: no copy of the prompt's keys);
 * attention is the CPU decode-step attention the model's ``forward`` uses too
   (``modeling._decode_step_attention``: two batched matmuls) over the written part of the
   buffers, with the padding mask built once.
@@ -170,9 +171,11 @@ def _project(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> torch.Tensor
 
 
 def cache_tensors(cache: Any, length: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Every layer's ``(keys, values)`` ``[batch or 1, kv_heads, length, head_dim]`` from a
-    transformers cache (its first ``length`` positions), or ``None`` when its layers do not
-    expose them (another cache type)."""
+    """Every layer's ``(keys, values)`` ``[batch or 1, kv_heads, positions, head_dim]`` from a
+    transformers cache whose first ``length`` positions are written, or ``None`` when its layers
+    do not expose them (another cache type). A ``DynamicCache`` holds exactly ``length``
+    positions; a ``StaticCache`` gives its whole buffers (``positions >= length``), which
+    :class:`LeanDecode` then writes in place instead of copying."""
     from transformers.cache_utils import DynamicLayer
 
     layers = getattr(cache, "layers", None)
@@ -185,8 +188,14 @@ def cache_tensors(cache: Any, length: int) -> list[tuple[torch.Tensor, torch.Ten
             return None
         if type(layer) is DynamicLayer and keys.shape[2] != length:
             return None  # a dynamic layer holds exactly what was encoded
-        pairs.append((keys[:, :, :length], values[:, :, :length]))
+        pairs.append((keys, values))
     return pairs
+
+
+def _writable(buffer: torch.Tensor, batch: int, capacity: int, dtype: Any) -> bool:
+    """Whether decode steps can write ``buffer`` in place: one row per sequence, the decode
+    dtype, room for ``capacity`` positions."""
+    return buffer.shape[0] == batch and buffer.shape[2] >= capacity and buffer.dtype == dtype
 
 
 class LeanDecode:
@@ -194,8 +203,12 @@ class LeanDecode:
 
     Args:
         weights: From :func:`lean_weights`.
-        past: Every layer's ``(keys, values)`` ``[batch or 1, kv_heads, past, head_dim]``
-            (:func:`cache_tensors`).
+        past: Every layer's ``(keys, values)`` ``[batch or 1, kv_heads, positions, head_dim]``
+            with the first ``past`` positions written (:func:`cache_tensors`). Buffers of
+            ``batch`` rows, the weights' dtype and room for ``past + steps`` positions (a static
+            cache's) are written in place: the decoded positions overwrite their unwritten
+            tail. Others are copied into new buffers (a static cache of 80 rows of 1,200
+            positions holds 4.4 GB for SmolLM2-135M: a copy would double that).
         mask: ``[batch, past + 1]`` attention mask (1: attend, 0: left padding) of the first
             step: the past positions and the first decoded token.
         positions: ``[batch, 1]`` position id of the first decoded token.
@@ -213,11 +226,17 @@ class LeanDecode:
         capacity = self.length + steps
         dtype = weights.head.dtype
         self.keys, self.values = [], []
+        self.in_place = bool(past) and all(_writable(k, batch, capacity, dtype) and _writable(v, batch, capacity, dtype)
+                                           for k, v in past)
         for keys, values in past:
+            if self.in_place:
+                self.keys.append(keys)
+                self.values.append(values)
+                continue
             k = torch.empty((batch, weights.kv_heads, capacity, weights.head_dim), dtype=dtype)
             v = torch.empty_like(k)
-            k[:, :, :self.length] = keys
-            v[:, :, :self.length] = values
+            k[:, :, :self.length] = keys[:, :, :self.length]
+            v[:, :, :self.length] = values[:, :, :self.length]
             self.keys.append(k)
             self.values.append(v)
         padded = not bool(mask.all())
